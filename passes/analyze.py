@@ -1,0 +1,255 @@
+"""Pass 2 — analyze: the channel dependency graph of a traced model.
+
+Walks the graph in order and asks each node's rule (:mod:`slimfx.rules`) for the layout of
+its output. Rules create groups (a convolution's output channels), couple spaces that must
+keep the same channels (a residual add), register BatchNorms as scorers and record sinks
+(convolution/linear inputs where pruned channels are folded away). Afterwards the connected
+components of the networkx graph become the :class:`ChannelGroup` list.
+
+Frozen — kept whole — are the groups that touch
+
+1. the model's inputs or outputs (the first layer's input and the classifier's output never
+   change);
+2. an op without a rule (the node is named in the reason; ``strict=True`` raises instead);
+3. an opaque leaf module (see the trace pass);
+4. a coupling whose channel layouts do not line up one to one.
+
+The pass reads shapes only, never weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import torch.fx as fx
+
+import slimfx.rules  # noqa: F401  (registers every rule)
+from slimfx.channel_graph import ChannelGraph, ChannelGroup, Scorer, Sink
+from slimfx.errors import UnsupportedError
+from slimfx.layout import UNTRACKED, Layout
+from slimfx.rules.base import node_shape
+from slimfx.rules.graph_io import GetAttr, Output, Placeholder, Unknown
+from slimfx.rules.registry import rule_for
+
+logger = logging.getLogger(__name__)
+
+
+class AnalyzeContext:
+    """What rules see and do while the graph is analysed."""
+
+    def __init__(self, gm: fx.GraphModule, strict: bool):
+        self.gm = gm
+        self.strict = strict
+        self.layouts: dict[str, Any] = {}
+        self.graph = nx.Graph()
+        self.group_names: list[str] = []
+        self.group_sizes: list[int] = []
+        self.frozen: dict[int, list[str]] = defaultdict(list)
+        self.scorers: dict[int, list[Scorer]] = defaultdict(list)
+        self.sinks: list[Sink] = []
+        self.notes: list[str] = []
+
+    # -- reading ---------------------------------------------------------------------
+    def module(self, node: fx.Node):
+        return self.gm.get_submodule(str(node.target))
+
+    def shape(self, node: Any) -> tuple[int, ...] | None:
+        return node_shape(node)
+
+    def layout(self, arg: Any) -> Layout | None:
+        if not isinstance(arg, fx.Node):
+            return None
+        lay = self.layouts.get(arg.name)
+        return lay if isinstance(lay, Layout) else None
+
+    def layouts_in(self, args: Iterable[Any]) -> list[Layout]:
+        """Layouts of every node found (recursively) in ``args``."""
+        found: list[Layout] = []
+        fx.node.map_arg(args, lambda n: found.append(self.layouts.get(n.name)) or n)
+        out: list[Layout] = []
+        for lay in found:
+            if isinstance(lay, Layout):
+                out.append(lay)
+            elif isinstance(lay, tuple):
+                out.extend(x for x in lay if isinstance(x, Layout))
+        return out
+
+    # -- building ----------------------------------------------------------------------
+    def new_group(self, node: fx.Node, size: int) -> Layout:
+        """Start a group of ``size`` channels at ``node``'s output."""
+        gid = len(self.group_names)
+        self.group_names.append(node.name)
+        self.group_sizes.append(int(size))
+        self.graph.add_node(node.name, size=int(size), op=_op_label(node, self.gm))
+        return Layout.plain(gid, size)
+
+    def space(self, node: fx.Node, layout: Layout) -> None:
+        """Record ``node``'s output as a member space of its layout's group, if plain."""
+        gid = layout.plain_group()
+        if gid is None:
+            return
+        root = self.group_names[gid]
+        if node.name != root:
+            self.graph.add_node(node.name, size=len(layout), op=_op_label(node, self.gm))
+            self.graph.add_edge(root, node.name, kind="identity", via=node.name)
+
+    def freeze(self, layouts: Iterable[Layout] | Layout, reason: str) -> None:
+        """Keep every channel of the groups in ``layouts``; ``reason`` goes to the report."""
+        if isinstance(layouts, Layout):
+            layouts = [layouts]
+        for lay in layouts:
+            for gid in lay.group_ids():
+                if reason not in self.frozen[gid]:
+                    self.frozen[gid].append(reason)
+
+    def unsupported(self, node: fx.Node, layouts: list[Layout], what: str) -> None:
+        """An op the analysis cannot see through: freeze, or raise in strict mode."""
+        reason = f"{what}: {node.format_node()}"
+        if self.strict and any(lay.group_ids() for lay in layouts):
+            raise UnsupportedError(f"strict mode: {reason}")
+        if layouts:
+            self.notes.append(reason)
+        self.freeze(layouts, reason)
+
+    def couple(self, node: fx.Node, layouts: list[Layout]) -> None:
+        """Tie layouts of equal length position by position (an elementwise op)."""
+        if len(layouts) < 2:
+            return
+        base = layouts[0]
+        for other in layouts[1:]:
+            if len(other) != len(base):
+                raise AssertionError(f"coupling layouts of different sizes at {node.name}")
+            pairs = self._group_pairs(base, other)
+            if pairs is None:
+                self.freeze(
+                    layouts, f"channel layouts do not line up one to one at {node.format_node()}"
+                )
+                continue
+            for a, b in pairs:
+                self.graph.add_edge(
+                    self.group_names[a], self.group_names[b], kind="identity", via=node.name
+                )
+
+    def _group_pairs(self, a: Layout, b: Layout) -> set[tuple[int, int]] | None:
+        same = (a.group == b.group) & (a.index == b.index)
+        if same.all():
+            return set()
+        if not np.array_equal(a.index, b.index):
+            return None
+        if np.any((a.group == UNTRACKED) != (b.group == UNTRACKED)):
+            return None
+        pairs = {(int(x), int(y)) for x, y in zip(a.group, b.group, strict=True) if x != y}
+        partner: dict[int, int] = {}
+        for x, y in pairs:
+            if partner.setdefault(x, y) != y or partner.setdefault(y, x) != x:
+                return None
+            if self.group_sizes[x] != self.group_sizes[y]:
+                return None
+        for x, _ in pairs:
+            covered = np.unique(a.index[a.group == x])
+            if len(covered) != self.group_sizes[x]:
+                return None
+        return pairs
+
+    def add_scorer(self, node: fx.Node, layout: Layout) -> None:
+        """Register BatchNorm ``node`` as a scorer of every group its channels belong to."""
+        for gid in layout.group_ids():
+            pos = np.flatnonzero(layout.group == gid)
+            self.scorers[gid].append(Scorer(str(node.target), layout.index[pos], pos))
+
+    def add_sink(self, node: fx.Node, input_node: fx.Node, padded: bool) -> None:
+        self.sinks.append(Sink(node.name, input_node.name, padded))
+
+
+def _op_label(node: fx.Node, gm: fx.GraphModule) -> str:
+    if node.op == "call_module":
+        return type(gm.get_submodule(str(node.target))).__name__
+    return getattr(node.target, "__name__", str(node.target))
+
+
+def analyze(gm: fx.GraphModule, *, strict: bool = False) -> ChannelGraph:
+    """Build the channel graph of a traced model.
+
+    Parameters
+    ----------
+    gm : torch.fx.GraphModule
+        A module from :func:`slimfx.trace` (its nodes must carry ``tensor_meta``).
+    strict : bool, default False
+        Raise :class:`UnsupportedError` at the first op without a rule that touches
+        channels, instead of freezing its groups.
+
+    Returns
+    -------
+    ChannelGraph
+
+    Examples
+    --------
+    >>> import torch, torchvision, slimfx
+    >>> gm = slimfx.trace(torchvision.models.vgg11_bn(), torch.randn(1, 3, 32, 32))
+    >>> cg = analyze(gm)
+    >>> len(cg.prunable_groups)
+    8
+    """
+    if not any("tensor_meta" in n.meta for n in gm.graph.nodes):
+        raise ValueError("analyze needs a GraphModule with shapes: use slimfx.trace()")
+    ctx = AnalyzeContext(gm, strict)
+    placeholder, output, get_attr, unknown = Placeholder(), Output(), GetAttr(), Unknown()
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            rule = placeholder
+        elif node.op == "output":
+            rule = output
+        elif node.op == "get_attr":
+            rule = get_attr
+        elif "tensor_meta" not in node.meta:
+            ctx.layouts[node.name] = None  # a Python value (x.size(0)), no channels
+            continue
+        else:
+            rule = rule_for(node, gm) or unknown
+        ctx.layouts[node.name] = rule.analyze(node, ctx)
+    return _finish(ctx)
+
+
+def _finish(ctx: AnalyzeContext) -> ChannelGraph:
+    names = ctx.group_names
+    component_of: dict[str, int] = {}
+    order = {name: i for i, name in enumerate(names)}
+    components = sorted(
+        (sorted(c, key=lambda s: order.get(s, len(order))) for c in nx.connected_components(ctx.graph)),
+        key=lambda c: order.get(c[0], len(order)),
+    )
+    groups: list[ChannelGroup] = []
+    for members in components:
+        roots = [m for m in members if m in order]
+        if not roots:
+            continue
+        gid = len(groups)
+        groups.append(ChannelGroup(gid, roots[0], ctx.group_sizes[order[roots[0]]], members))
+        for m in members:
+            component_of[m] = gid
+    table = {pre: component_of[name] for pre, name in enumerate(names)}
+    for pre, reasons in ctx.frozen.items():
+        grp = groups[table[pre]]
+        grp.frozen.extend(r for r in reasons if r not in grp.frozen)
+    for pre, scorers in ctx.scorers.items():
+        groups[table[pre]].scorers.extend(scorers)
+    layouts: dict[str, Any] = {}
+    for name, lay in ctx.layouts.items():
+        if isinstance(lay, Layout):
+            layouts[name] = lay.relabel(table)
+        elif isinstance(lay, tuple):
+            layouts[name] = tuple(x.relabel(table) if isinstance(x, Layout) else x for x in lay)
+        else:
+            layouts[name] = lay
+    for grp in groups:
+        if not grp.scorers and not grp.frozen:
+            logger.debug("group %s has no BatchNorm: it keeps its width", grp.name)
+    notes = list(ctx.gm.meta.get("slimfx_trace_notes").lines()) if ctx.gm.meta.get(
+        "slimfx_trace_notes"
+    ) else []
+    return ChannelGraph(ctx.gm, ctx.graph, groups, layouts, ctx.sinks, notes + ctx.notes)

@@ -1,0 +1,297 @@
+"""Pass 4 — rewrite: build the slim GraphModule from a channel graph and a plan.
+
+Copies the graph node by node; each node's rule emits its slim counterpart (a sliced
+module, adjusted arguments). Modules keep their qualified names (``feature.3`` stays
+``feature.3``) and their classes. Nothing is shared with the input model: unchanged modules
+are deep-copied, sliced ones hold new tensors.
+
+Pruned channels' constants (:mod:`passes.constants`) are folded into every consumer — into
+its weights on the group's carrier channel, or into its bias — so the slim model computes
+exactly what the masked original computes.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+import slimfx.rules  # noqa: F401
+from slimfx.passes.constants import CARRIER, propagate
+from slimfx.passes.plan import SlimPlan
+from slimfx.passes.trace import propagate_shapes
+from slimfx.channel_graph import ChannelGraph
+from slimfx.errors import PlanError
+from slimfx.layout import Layout
+from slimfx.rules.base import node_shape
+from slimfx.rules.graph_io import Output, Placeholder, Unknown
+from slimfx.rules.registry import rule_for
+from slimfx.values import UNKNOWN
+
+
+@dataclass
+class SinkFold:
+    """How a consumer's input axis is sliced and what is folded into it.
+
+    Attributes
+    ----------
+    kept : numpy.ndarray
+        Input positions that stay (kept channels and carriers), ascending.
+    contrib : numpy.ndarray
+        Positions of pruned channels whose constant is not zero.
+    value : numpy.ndarray
+        Their constants.
+    partner : numpy.ndarray
+        For each, the column (index into ``kept``) of its group's carrier, or -1 to fold
+        into the bias.
+    carrier_value : numpy.ndarray
+        The carrier's value at that column (1 through the ops after its BatchNorm).
+    """
+
+    kept: np.ndarray
+    contrib: np.ndarray
+    value: np.ndarray
+    partner: np.ndarray
+    carrier_value: np.ndarray
+
+    @property
+    def active(self) -> bool:
+        return len(self.contrib) > 0
+
+
+class RewriteContext:
+    """What rules see and do while the slim graph is built."""
+
+    def __init__(self, cg: ChannelGraph, plan: SlimPlan, dtype: torch.dtype | None):
+        self.cg = cg
+        self.gm = cg.gm
+        self.layouts = cg.layouts
+        self.dtype = dtype
+        self.keep = plan.keep_table(cg)
+        self.keep_original = plan.keep_table(cg, carriers=False)
+        self.carrier = plan.carrier_table(cg)
+        by_name = {g.name: g.id for g in cg.groups}
+        self.carrier_index = {
+            by_name[name]: gp.carrier for name, gp in plan.groups.items() if gp.carrier is not None
+        }
+        self.values = propagate(cg, plan.modes(cg))
+        self.carrier_values = propagate(cg, CARRIER) if self.carrier_index else {}
+        self.graph = fx.Graph()
+        self.env: dict[fx.Node, fx.Node] = {}
+        self.modules: dict[str, torch.nn.Module] = {}
+        self.attrs: dict[str, torch.Tensor] = {}
+
+    # -- reading ---------------------------------------------------------------------
+    def module(self, node: fx.Node) -> torch.nn.Module:
+        return self.gm.get_submodule(str(node.target))
+
+    def layout(self, node: Any) -> Layout | None:
+        return self.cg.layout(node) if isinstance(node, fx.Node) else None
+
+    def shape(self, node: Any) -> tuple[int, ...] | None:
+        return node_shape(node)
+
+    def layout_any(self, node: fx.Node):
+        return self.layouts.get(node.name)
+
+    def kept(self, node: Any) -> np.ndarray | None:
+        """Positions of ``node``'s output channel axis that stay (carriers included)."""
+        layout = self.layout(node)
+        return None if layout is None else self.keep.positions(layout)
+
+    def kept_mask(self, node: Any) -> np.ndarray:
+        return self.keep.mask(self.layout(node))
+
+    def carriers(self, node: Any) -> np.ndarray:
+        """Boolean over ``kept(node)``: which kept positions are carrier channels."""
+        layout = self.layout(node)
+        if layout is None:
+            return np.zeros(0, dtype=bool)
+        return self.carrier.mask(layout)[self.keep.positions(layout)]
+
+    def cast(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.dtype is None or not tensor.is_floating_point():
+            return tensor
+        return tensor.to(self.dtype)
+
+    def unchanged(self, node: fx.Node) -> torch.nn.Module:
+        """An independent copy of the node's module (in the target dtype)."""
+        module = copy.deepcopy(self.module(node))
+        return module if self.dtype is None else module.to(self.dtype)
+
+    def sink_fold(self, node: fx.Node, inp: fx.Node) -> SinkFold:
+        """The slicing and folding of a consumer's input (see :class:`SinkFold`)."""
+        layout = self.layout(inp)
+        if layout is None:
+            empty = np.zeros(0, dtype=np.int64)
+            return SinkFold(None, empty, np.zeros(0), empty, np.zeros(0))
+        structural = self.keep.mask(layout)
+        original = self.keep_original.mask(layout)
+        kept = np.flatnonzero(structural)
+        values = self.values[inp.name]
+        dropped = np.flatnonzero(~original)
+        if np.any(values.kind[dropped] == UNKNOWN):
+            bad = dropped[values.kind[dropped] == UNKNOWN][0]
+            raise PlanError(
+                f"pruned channel at position {bad} of {inp.name} has no exact value at "
+                f"{node.format_node()}; the plan does not fit this channel graph"
+            )
+        contrib = dropped[values.value[dropped] != 0]
+        partner = np.full(len(contrib), -1, dtype=np.int64)
+        carrier_value = np.zeros(len(contrib))
+        if self.carrier_index and len(contrib):
+            occurrence = layout.occurrence()
+            column_of = {int(p): c for c, p in enumerate(kept)}
+            slots = {}
+            carrier_mask = self.carrier.mask(layout)
+            for p in np.flatnonzero(carrier_mask):
+                slots[(int(layout.group[p]), int(occurrence[p]))] = int(p)
+            cvals = self.carrier_values[inp.name]
+            for k, p in enumerate(contrib):
+                slot = slots.get((int(layout.group[p]), int(occurrence[p])))
+                if slot is not None:
+                    partner[k] = column_of[slot]
+                    carrier_value[k] = cvals.value[slot]
+        return SinkFold(kept, contrib, values.value[contrib], partner, carrier_value)
+
+    # -- writing ---------------------------------------------------------------------
+    def emit(
+        self,
+        node: fx.Node,
+        *,
+        module: torch.nn.Module | None = None,
+        args: tuple | None = None,
+        kwargs: dict | None = None,
+        mapped: set | None = None,
+    ) -> fx.Node:
+        """Copy ``node`` into the slim graph (with a new module, args or kwargs)."""
+        if node.op == "call_module":
+            target = str(node.target)
+            if target in self.modules:
+                pass  # a module called more than once; analysis froze its channels
+            else:
+                self.modules[target] = module if module is not None else self.unchanged(node)
+        mapped = mapped or set()
+        new_args = fx.node.map_arg(
+            node.args if args is None else args, lambda n: n if n in mapped else self.env[n]
+        )
+        new_kwargs = fx.node.map_arg(
+            node.kwargs if kwargs is None else kwargs,
+            lambda n: n if n in mapped else self.env[n],
+        )
+        new = self.graph.create_node(
+            node.op, node.target, new_args, new_kwargs, name=node.name, type_expr=node.type
+        )
+        return new
+
+    def emit_function(self, node: fx.Node, fn, args: tuple, kwargs: dict) -> fx.Node:
+        """Emit ``fn(*args, **kwargs)`` in place of ``node``."""
+        new_args = fx.node.map_arg(args, lambda n: self.env[n])
+        new_kwargs = fx.node.map_arg(kwargs, lambda n: self.env[n])
+        return self.graph.create_node("call_function", fn, new_args, new_kwargs, name=node.name)
+
+    def emit_attr(self, node: fx.Node) -> fx.Node:
+        """Copy a ``get_attr`` node with its tensor (cloned)."""
+        value = self._fetch(str(node.target))
+        if isinstance(value, torch.Tensor):
+            self.attrs[str(node.target)] = self._clone_tensor(value)
+        elif isinstance(value, torch.nn.Module):
+            self.modules[str(node.target)] = copy.deepcopy(value)
+        return self.emit(node)
+
+    def sliced_attr(self, attr_node: fx.Node, dim: int, positions: np.ndarray) -> fx.Node:
+        """A new ``get_attr`` node holding ``positions`` of the attribute along ``dim``."""
+        value = self._fetch(str(attr_node.target))
+        index = torch.as_tensor(positions, dtype=torch.long)
+        sliced = self._clone_tensor(value).index_select(dim, index)
+        if isinstance(value, torch.nn.Parameter):
+            sliced = torch.nn.Parameter(sliced, requires_grad=value.requires_grad)
+        name = f"{attr_node.target}"
+        n = 0
+        while name in self.attrs and not torch.equal(self.attrs[name], sliced):
+            n += 1
+            name = f"{attr_node.target}_slim{n}"
+        self.attrs[name] = sliced
+        return self.graph.get_attr(name)
+
+    def _fetch(self, target: str) -> Any:
+        obj: Any = self.gm
+        for part in target.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def _clone_tensor(self, value: torch.Tensor) -> torch.Tensor:
+        cloned = self.cast(value.detach().clone())
+        if isinstance(value, torch.nn.Parameter):
+            return torch.nn.Parameter(cloned, requires_grad=value.requires_grad)
+        return cloned
+
+
+def rewrite(
+    cg: ChannelGraph, plan: SlimPlan, *, dtype: torch.dtype | None = None
+) -> fx.GraphModule:
+    """Build the slim model.
+
+    Parameters
+    ----------
+    cg : ChannelGraph
+        From :func:`slimfx.passes.analyze`.
+    plan : SlimPlan
+        From :func:`slimfx.passes.plan` (or loaded from JSON).
+    dtype : torch.dtype, optional
+        Convert floating-point parameters and buffers (``torch.float64`` for verification).
+
+    Returns
+    -------
+    torch.fx.GraphModule
+        A new module; ``cg.gm`` and the model behind it are not modified. Its nodes carry
+        shapes (``meta["tensor_meta"]``) for the example input shapes of the trace.
+    """
+    ctx = RewriteContext(cg, plan, dtype)
+    special = {"placeholder": Placeholder(), "output": Output()}
+    unknown = Unknown()
+    with torch.no_grad():
+        for node in cg.gm.graph.nodes:
+            if node.op == "get_attr":
+                ctx.env[node] = ctx.emit_attr(node)
+                continue
+            if node.op in special:
+                rule = special[node.op]
+            elif "tensor_meta" not in node.meta:
+                ctx.env[node] = ctx.emit(node)
+                continue
+            else:
+                rule = rule_for(node, cg.gm) or unknown
+            ctx.env[node] = rule.rewrite(node, ctx)
+    for node in list(ctx.graph.nodes):
+        if node.op == "get_attr" and not node.users:
+            ctx.graph.erase_node(node)
+            ctx.attrs.pop(str(node.target), None)
+    used = {str(n.target) for n in ctx.graph.nodes if n.op in ("call_module", "get_attr")}
+    order = [name for name, _ in cg.gm.named_modules()]
+    root: dict[str, Any] = {}
+    for name in order:
+        if name in ctx.modules and name in used:
+            root[name] = ctx.modules[name]
+    for name, value in {**ctx.modules, **ctx.attrs}.items():
+        if name in used and name not in root:
+            root[name] = value
+    slim = fx.GraphModule(root, ctx.graph, class_name=f"Slim{type(cg.gm).__name__}")
+    slim.graph.lint()
+    slim.training = cg.gm.training
+    example = [
+        torch.empty(
+            n.meta["tensor_meta"].shape,
+            dtype=dtype or n.meta["tensor_meta"].dtype,
+            device="meta",
+        )
+        for n in cg.gm.graph.nodes
+        if n.op == "placeholder"
+    ]
+    propagate_shapes(slim, tuple(example))
+    return slim
+

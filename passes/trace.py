@@ -1,0 +1,274 @@
+"""Pass 1 — trace: turn an ``nn.Module`` into a ``torch.fx.GraphModule`` with shapes.
+
+Handled on the way:
+
+1. modules constructed inside ``forward`` (``nn.AvgPool2d(2)(x)``) are traced through into
+   their functional form, when they hold no parameters or buffers;
+2. a submodule whose Python code cannot be traced symbolically (it branches on ``x.shape``,
+   iterates a tensor …) becomes an opaque leaf: it is called as a whole, and the channels it
+   touches are frozen later; the trace notes say so;
+3. data-dependent control flow in the model's own ``forward`` raises :class:`TraceError`
+   naming the file, line and code of the construct;
+4. every node's output shape is recorded (``node.meta["tensor_meta"]``) by running the graph
+   on the ``meta`` device, so no real computation happens and the model's buffers are never
+   touched. Should an op refuse meta tensors, the graph runs for real instead, under
+   ``torch.no_grad`` with copies of the buffers.
+
+The traced module shares its submodules with the model (as ``torch.fx.symbolic_trace``
+does); it never modifies them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch.fx.node import map_aggregate
+from torch.fx.passes.shape_prop import _extract_tensor_metadata
+
+from slimfx.errors import TraceError
+
+logger = logging.getLogger(__name__)
+
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
+_PASSES_DIR = os.path.dirname(os.path.abspath(__file__))
+_SLIMFX_DIR = os.path.dirname(os.path.abspath(__import__("slimfx").__file__))
+
+
+@dataclass
+class TraceNotes:
+    """What the tracer had to work around, for the report.
+
+    Attributes
+    ----------
+    opaque : dict
+        Qualified name of each submodule kept as an opaque leaf → why it could not be traced.
+    inlined : list of str
+        Modules constructed inside ``forward`` that were traced into their functional form.
+    """
+
+    opaque: dict[str, str] = field(default_factory=dict)
+    inlined: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"opaque leaf {name}: {why}" for name, why in self.opaque.items()]
+        out += [f"traced through {what}" for what in self.inlined]
+        return out
+
+
+def as_input_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
+    """Normalise ``example_inputs`` (a tensor or a tuple/list of tensors) to a tuple."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, Sequence) and not isinstance(example_inputs, str):
+        items = tuple(example_inputs)
+        if items and all(isinstance(t, torch.Tensor) for t in items):
+            return items
+    raise ValueError(
+        "example_inputs must be a tensor or a tuple of tensors, "
+        f"got {type(example_inputs).__name__}"
+    )
+
+
+def _user_frame(exc: BaseException) -> str:
+    """``file:line: code`` of the innermost frame outside torch and slimfx."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    for frame in reversed(frames):
+        path = os.path.abspath(frame.filename)
+        if not path.startswith((_TORCH_DIR + os.sep, _PASSES_DIR + os.sep, _SLIMFX_DIR + os.sep)):
+            return f"{frame.filename}:{frame.lineno}: `{(frame.line or '').strip()}`"
+    return "unknown location"
+
+
+class SlimTracer(fx.Tracer):
+    """A symbolic tracer that survives untraceable submodules (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.notes = TraceNotes()
+        self._opaque_ids: set[int] = set()
+
+    def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
+        if id(m) in self._opaque_ids:
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m, forward, args, kwargs):
+        try:
+            qualname = self.path_of_module(m)
+        except NameError:
+            return self._call_unregistered(m, forward, args, kwargs)
+        if qualname == "" or self.is_leaf_module(m, qualname):
+            return super().call_module(m, forward, args, kwargs)
+        marker = self.graph._root.prev  # the last node created so far
+        stack = self.module_stack.copy()
+        calls = dict(self.num_calls)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception as exc:  # the submodule's code is not symbolically traceable
+            self._erase_after(marker)
+            self.module_stack.clear()
+            self.module_stack.update(stack)
+            self.num_calls.clear()
+            self.num_calls.update(calls)
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            reason += f" at {_user_frame(exc)}"
+            self.notes.opaque[qualname] = reason
+            self._opaque_ids.add(id(m))
+            logger.warning("keeping %s as an opaque leaf (%s)", qualname, reason)
+            return super().call_module(m, forward, args, kwargs)
+
+    def _call_unregistered(self, m, forward, args, kwargs):
+        state = list(m.parameters()) + list(m.buffers())
+        if state:
+            raise TraceError(
+                f"{type(m).__name__} is constructed inside forward and holds parameters or "
+                "buffers that are re-created on every call; register it in __init__ instead"
+            )
+        self.notes.inlined.append(f"{type(m).__name__} constructed inside forward")
+        return forward(*args, **kwargs)
+
+    def _erase_after(self, marker: fx.Node) -> None:
+        doomed = []
+        node = marker.next
+        while node is not self.graph._root:
+            doomed.append(node)
+            node = node.next
+        for node in reversed(doomed):
+            self.graph.erase_node(node)
+
+
+def trace(model: torch.nn.Module, example_inputs: Any) -> fx.GraphModule:
+    """Trace ``model`` into a GraphModule whose nodes carry their output shapes.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model; it is not modified.
+    example_inputs : torch.Tensor or tuple of torch.Tensor
+        Inputs of the shape the model will be used with.
+
+    Returns
+    -------
+    torch.fx.GraphModule
+        Shares submodules with ``model``. ``gm.meta["slimfx_trace_notes"]`` holds the
+        :class:`TraceNotes`; each node's ``meta["tensor_meta"]`` its output shape and dtype.
+
+    Raises
+    ------
+    TraceError
+        When the model's own ``forward`` has data-dependent control flow, or shapes cannot be
+        propagated with the example inputs (for example a wrong channel count).
+
+    Examples
+    --------
+    >>> import torch, torchvision
+    >>> gm = trace(torchvision.models.vgg11_bn(), torch.randn(1, 3, 32, 32))
+    >>> [n.meta["tensor_meta"].shape[1] for n in gm.graph.nodes if n.op == "call_module"][0]
+    64
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    inputs = as_input_tuple(example_inputs)
+    tracer = SlimTracer()
+    try:
+        graph = tracer.trace(model)
+    except TraceError:
+        raise
+    except Exception as exc:
+        raise TraceError(
+            f"cannot trace {type(model).__name__}.forward: {str(exc).splitlines()[0]} "
+            f"at {_user_frame(exc)}. Data-dependent control flow in the model's own forward "
+            "cannot be slimmed; move it into a submodule or make it static."
+        ) from exc
+    gm = fx.GraphModule(model, graph, class_name=type(model).__name__)
+    gm.meta["slimfx_trace_notes"] = tracer.notes
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != len(inputs):
+        raise ValueError(
+            f"{type(model).__name__}.forward takes {len(placeholders)} input(s), "
+            f"example_inputs has {len(inputs)}"
+        )
+    propagate_shapes(gm, inputs)
+    return gm
+
+
+def propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:
+    """Record every node's output shape in ``node.meta["tensor_meta"]`` (see module doc)."""
+    try:
+        _ShapeRecorder(gm, on_meta=True).run(*[t.to("meta") for t in inputs])
+        return
+    except _NodeFailure as failure:
+        logger.info("meta shape propagation failed (%s); running the graph for real", failure)
+    try:
+        with torch.no_grad():
+            _ShapeRecorder(gm, on_meta=False).run(*inputs)
+    except _NodeFailure as failure:
+        node, exc = failure.node, failure.__cause__
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TraceError(
+            f"the example inputs do not fit the model at node {node.format_node()}"
+            f"{_expected_input(node, gm)}: {message}"
+        ) from exc
+
+
+class _NodeFailure(Exception):
+    def __init__(self, node: fx.Node):
+        super().__init__(node.format_node())
+        self.node = node
+
+
+def _expected_input(node: fx.Node, gm: fx.GraphModule) -> str:
+    if node.op != "call_module":
+        return ""
+    mod = gm.get_submodule(str(node.target))
+    for attr in ("in_channels", "num_features", "in_features"):
+        if hasattr(mod, attr):
+            return f" ({node.target} is {mod!r}: it expects {getattr(mod, attr)} {attr})"
+    return ""
+
+
+class _ShapeRecorder(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule, on_meta: bool):
+        super().__init__(gm)
+        self.on_meta = on_meta
+
+    def _state(self, mod: torch.nn.Module) -> dict[str, torch.Tensor]:
+        if self.on_meta:
+            named = list(mod.named_parameters()) + list(mod.named_buffers())
+            return {name: torch.empty_like(t, device="meta") for name, t in named}
+        return {name: b.clone() for name, b in mod.named_buffers()}
+
+    def call_module(self, target, args, kwargs):
+        mod = self.fetch_attr(target)
+        return torch.func.functional_call(mod, self._state(mod), args, kwargs)
+
+    def get_attr(self, target, args, kwargs):
+        value = super().get_attr(target, args, kwargs)
+        if isinstance(value, torch.Tensor):
+            return torch.empty_like(value, device="meta") if self.on_meta else value.clone()
+        return value
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            result = super().run_node(n)
+        except Exception as exc:
+            raise _NodeFailure(n) from exc
+
+        def record(obj):
+            if isinstance(obj, torch.Tensor):
+                return _extract_tensor_metadata(obj)
+            return obj
+
+        if isinstance(result, torch.Tensor) or (
+            isinstance(result, list | tuple) and any(isinstance(r, torch.Tensor) for r in result)
+        ):
+            n.meta["tensor_meta"] = map_aggregate(result, record)
+        n.meta["type"] = type(result)
+        return result

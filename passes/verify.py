@@ -1,0 +1,187 @@
+"""Pass 5 — verify: the slim model computes what the masked original computes.
+
+The *reference* is the original model with every pruned channel's BatchNorm scaling factor
+zeroed — and its shift too in groups that are zeroed rather than compensated. Verification
+runs both in float64 on fresh random inputs of the example's shapes, in inference mode, and
+compares ``max|slim - reference| / max|reference|`` with a tolerance (1e-9 by default).
+Neither module is modified: parameters are cast through ``torch.func.functional_call``, and
+training flags are restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils._pytree import tree_leaves
+
+from slimfx.passes.plan import SlimPlan
+from slimfx.passes.trace import as_input_tuple
+from slimfx.channel_graph import ChannelGraph
+from slimfx.errors import EquivalenceError
+from slimfx.tolerances import FLOAT64_RTOL
+
+
+def _pruned_bn_channels(cg: ChannelGraph, plan: SlimPlan) -> Iterator[tuple[str, np.ndarray, bool]]:
+    """(BatchNorm name, channels to zero, zero beta too) for every scorer of a pruned group."""
+    by_name = {g.name: g for g in cg.groups}
+    for name, gp in plan.groups.items():
+        group = by_name[name]
+        pruned = np.ones(gp.size, dtype=bool)
+        pruned[gp.kept] = False
+        for scorer in group.scorers:
+            hit = pruned[scorer.group_index]
+            if hit.any():
+                yield scorer.module, scorer.bn_channel[hit], gp.mode == "zero"
+
+
+def masked_state(
+    model: torch.nn.Module, cg: ChannelGraph, plan: SlimPlan, dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
+    """Parameters and buffers of the reference, for ``functional_call(model, state, x)``.
+
+    Tensors that need no change are shared with ``model`` unless ``dtype`` asks for a cast;
+    the masked ones are new.
+    """
+    state = _state(model, dtype)
+    for bn, channels, zero_beta in _pruned_bn_channels(cg, plan):
+        index = torch.as_tensor(channels, dtype=torch.long)
+        names = [f"{bn}.weight"] + ([f"{bn}.bias"] if zero_beta else [])
+        for key in names:
+            tensor = state[key]
+            if dtype is None:
+                tensor = tensor.detach().clone()
+            tensor[index] = 0
+            state[key] = tensor
+    return state
+
+
+def masked_reference(model: torch.nn.Module, cg: ChannelGraph, plan: SlimPlan) -> torch.nn.Module:
+    """A copy of ``model`` with pruned gammas (and, in zeroed groups, betas) set to zero."""
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        for bn, channels, zero_beta in _pruned_bn_channels(cg, plan):
+            module = reference.get_submodule(bn)
+            index = torch.as_tensor(channels, dtype=torch.long)
+            module.weight[index] = 0
+            if zero_beta:
+                module.bias[index] = 0
+    return reference
+
+
+def _state(module: torch.nn.Module, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    named = list(module.named_parameters(remove_duplicate=False))
+    named += list(module.named_buffers(remove_duplicate=False))
+    out = {}
+    for name, tensor in named:
+        tensor = tensor.detach()
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        out[name] = tensor
+    return out
+
+
+@contextlib.contextmanager
+def inference_mode_of(*modules: torch.nn.Module):
+    """Put modules in eval mode and restore every submodule's training flag afterwards."""
+    saved = [(m, m.training) for module in modules for m in module.modules()]
+    try:
+        for module in modules:
+            module.eval()
+        yield
+    finally:
+        for m, flag in saved:
+            m.training = flag
+
+
+def random_inputs(example_inputs: Any, seed: int, dtype=torch.float64) -> tuple:
+    """Fresh standard-normal inputs of the example's shapes (non-float inputs are reused)."""
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for t in as_input_tuple(example_inputs):
+        if t.is_floating_point():
+            out.append(torch.randn(t.shape, generator=generator, dtype=dtype))
+        else:
+            out.append(t)
+    return tuple(out)
+
+
+def relative_error(a: Any, b: Any) -> float:
+    """``max|a - b| / max|b|`` over every tensor of two outputs of the same structure."""
+    leaves_a, leaves_b = tree_leaves(a), tree_leaves(b)
+    if len(leaves_a) != len(leaves_b):
+        return float("inf")
+    diff, scale = 0.0, 0.0
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        if not isinstance(x, torch.Tensor):
+            continue
+        if x.shape != y.shape:
+            return float("inf")
+        x, y = x.double(), y.double()
+        diff = max(diff, float((x - y).abs().max()) if x.numel() else 0.0)
+        scale = max(scale, float(y.abs().max()) if y.numel() else 0.0)
+    if not np.isfinite(diff):
+        return float("inf")
+    return diff / scale if scale > 0 else diff
+
+
+def run_float64(module: torch.nn.Module, inputs: tuple, state: dict | None = None) -> Any:
+    """``module(*inputs)`` with every floating parameter and buffer in float64."""
+    state = _state(module, torch.float64) if state is None else state
+    with torch.no_grad(), inference_mode_of(module):
+        return torch.func.functional_call(module, state, inputs)
+
+
+def verify(
+    slim: torch.nn.Module,
+    reference: torch.nn.Module,
+    example_inputs: Any,
+    *,
+    tolerance: float = FLOAT64_RTOL,
+    trials: int = 2,
+    seed: int = 0,
+    reference_state: dict | None = None,
+) -> float:
+    """Compare two modules in float64 on random inputs; raise when they differ.
+
+    Parameters
+    ----------
+    slim, reference : torch.nn.Module
+    example_inputs : tensor or tuple of tensors
+        Shapes (and dtypes of non-float inputs) of the inputs to draw.
+    tolerance : float
+        Largest accepted relative error.
+    trials : int
+        Number of random input draws.
+    seed : int
+    reference_state : dict, optional
+        Float64 parameters and buffers to run ``reference`` with (see :func:`masked_state`).
+
+    Returns
+    -------
+    float
+        The largest relative error seen.
+
+    Raises
+    ------
+    EquivalenceError
+        When it exceeds ``tolerance``.
+    """
+    worst = 0.0
+    for trial in range(trials):
+        inputs = random_inputs(example_inputs, seed + trial)
+        expected = run_float64(reference, inputs, reference_state)
+        actual = run_float64(slim, inputs)
+        worst = max(worst, relative_error(actual, expected))
+    if not worst <= tolerance:
+        raise EquivalenceError(
+            f"the slim model differs from its reference: relative error {worst:.3g} > "
+            f"{tolerance:g} (float64, {trials} random inputs)",
+            worst,
+            tolerance,
+        )
+    return worst

@@ -1,0 +1,45 @@
+"""The slimfx exception hierarchy.
+
+Every error slimfx raises on purpose derives from :class:`SlimfxError`; invalid
+arguments raise :class:`ValueError` instead. Messages name the graph node or file
+involved, say what was expected and what the user can do.
+"""
+
+from __future__ import annotations
+
+
+class SlimfxError(Exception):
+    """Base class of every slimfx error."""
+
+
+class TraceError(SlimfxError):
+    """The model could not be traced or its shapes could not be propagated."""
+
+
+class UnsupportedError(SlimfxError):
+    """The model has a structure slimfx cannot slim (for example no BatchNorm layer)."""
+
+
+class PlanError(SlimfxError):
+    """A slimming plan is inconsistent with the channel graph it is applied to."""
+
+
+class EquivalenceError(SlimfxError):
+    """The slim model does not compute what its reference computes.
+
+    Attributes
+    ----------
+    relative_error : float
+        The measured relative error ``max|slim - reference| / max|reference|``.
+    tolerance : float
+        The tolerance it exceeded.
+    """
+
+    def __init__(self, message: str, relative_error: float, tolerance: float):
+        super().__init__(message)
+        self.relative_error = relative_error
+        self.tolerance = tolerance
+
+
+class CheckpointError(SlimfxError):
+    """A checkpoint file is missing, unreadable, unsafe or does not fit the model."""

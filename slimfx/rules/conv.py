@@ -1,0 +1,188 @@
+"""Convolutions and linear layers: the ops that consume channels and produce new ones.
+
+1. ``groups == 1`` convolution / linear on ``(N, F)``: a *sink* for its input channels
+   (pruned ones are folded into its weights or bias) and the *producer* of a new group;
+2. depthwise convolution (``groups == in == out``): channel-wise, its output keeps the
+   input's channels one to one;
+3. other grouped convolutions, and linear layers on inputs of rank > 2 (channel not in
+   dim 1): the channels they touch are frozen.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from slimfx.rules.base import Rule, first_input
+from slimfx.rules.registry import register
+from slimfx.rules.slicing import sliced_shell, take
+from slimfx.values import EXACT, PrunedValues
+
+
+def _is_padded(conv: nn.modules.conv._ConvNd) -> bool:
+    if conv.padding_mode != "zeros":
+        return False
+    if isinstance(conv.padding, str):
+        return conv.padding == "same" and any(k > 1 for k in conv.kernel_size)
+    return any(p > 0 for p in conv.padding)
+
+
+def _is_depthwise(conv: nn.modules.conv._ConvNd) -> bool:
+    return conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+
+
+def fold_into(weight: torch.Tensor, bias: torch.Tensor | None, fold, dtype) -> tuple:
+    """Slice a consumer's input axis (dim 1) and fold pruned channels' values into it.
+
+    Parameters
+    ----------
+    weight : Tensor
+        ``(out, in, *kernel)``, already sliced along ``out``.
+    bias : Tensor or None
+        ``(out,)``, already sliced.
+    fold : SinkFold
+        From ``RewriteContext.sink_fold``.
+    dtype : torch.dtype
+        Of the result.
+
+    Returns
+    -------
+    (weight, bias)
+        ``bias`` is created (zeros) when a fold needs one and the layer had none.
+    """
+    dtype = dtype or weight.dtype
+    new_weight = take(weight, 1, fold.kept).to(dtype)
+    if not fold.active:
+        return new_weight, None if bias is None else bias.to(dtype)
+    contrib = take(weight, 1, fold.contrib).to(torch.float64)
+    shape = (1, len(fold.contrib)) + (1,) * (weight.dim() - 2)
+    scaled = contrib * torch.as_tensor(fold.value, dtype=torch.float64).reshape(shape)
+    via_carrier = fold.partner >= 0
+    if via_carrier.any():
+        columns = np.unique(fold.partner[via_carrier])
+        acc = torch.zeros(
+            (weight.shape[0], len(columns), *weight.shape[2:]), dtype=torch.float64
+        )
+        slot = np.searchsorted(columns, fold.partner[via_carrier])
+        carrier_value = torch.as_tensor(fold.carrier_value[via_carrier], dtype=torch.float64)
+        part = scaled[:, torch.as_tensor(np.flatnonzero(via_carrier))]
+        part = part / carrier_value.reshape((1, -1) + (1,) * (weight.dim() - 2))
+        acc.index_add_(1, torch.as_tensor(slot), part)
+        new_weight[:, torch.as_tensor(columns)] = acc.to(dtype)
+    direct = ~via_carrier
+    if direct.any():
+        extra = scaled[:, torch.as_tensor(np.flatnonzero(direct))]
+        extra = extra.sum(dim=tuple(range(1, weight.dim())))
+        base = torch.zeros(weight.shape[0], dtype=torch.float64) if bias is None else bias.double()
+        bias = base + extra
+    return new_weight, None if bias is None else bias.to(dtype)
+
+
+@register(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+class Conv(Rule):
+    """Convolution: sink and producer, depthwise channel-wise, grouped frozen."""
+
+    name = "conv"
+
+    def analyze(self, node, ctx):
+        conv = ctx.module(node)
+        inp = first_input(node)
+        in_layout = ctx.layout(inp)
+        if conv.groups == 1:
+            if in_layout is not None:
+                ctx.add_sink(node, inp, _is_padded(conv))
+            return ctx.new_group(node, conv.out_channels)
+        if _is_depthwise(conv) and in_layout is not None:
+            ctx.space(node, in_layout)
+            return in_layout
+        ctx.unsupported(node, [in_layout] if in_layout is not None else [], "grouped convolution")
+        out = ctx.new_group(node, conv.out_channels)
+        ctx.freeze(out, f"grouped convolution: {node.format_node()}")
+        return out
+
+    def propagate(self, node, ctx):
+        conv = ctx.module(node)
+        if not _is_depthwise(conv):
+            return super().propagate(node, ctx)
+        values = ctx.values(first_input(node))
+        if values is None:
+            return None
+        weight = conv.weight.detach().double()
+        kernel_sum = weight.flatten(1).sum(1).numpy()
+        bias = conv.bias.detach().double().numpy() if conv.bias is not None else 0.0
+        zero = (values.kind == EXACT) & (values.value == 0)
+        if _is_padded(conv):
+            # a constant is not constant after a zero-padded depthwise filter, unless it is 0
+            value = np.where(zero, 0.0, np.nan) + bias
+            kind = np.where(zero, EXACT, 2).astype(np.int8)
+            return PrunedValues(value, kind, np.zeros(len(values), np.int64)).normalized()
+        out = values.as_unknown_unless_exact()
+        return PrunedValues(out.value * kernel_sum + bias, out.kind, out.pattern).normalized()
+
+    def rewrite(self, node, ctx):
+        conv = ctx.module(node)
+        if _is_depthwise(conv):
+            kept = ctx.kept(node)
+            bias = ctx.cast(take(conv.bias, 0, kept)) if conv.bias is not None else None
+            new = sliced_shell(conv, weight=ctx.cast(take(conv.weight, 0, kept)), bias=bias)
+            new.in_channels = new.out_channels = new.groups = len(kept)
+            return ctx.emit(node, module=new)
+        if conv.groups != 1:
+            return ctx.emit(node, module=ctx.unchanged(node))
+        kept_out = ctx.kept(node)
+        weight = take(conv.weight, 0, kept_out)
+        bias = take(conv.bias, 0, kept_out) if conv.bias is not None else None
+        fold = ctx.sink_fold(node, first_input(node))
+        weight, bias = fold_into(weight, bias, fold, ctx.dtype)
+        carriers = ctx.carriers(node)
+        if carriers.any():
+            weight[torch.as_tensor(carriers)] = 0
+            if bias is not None:
+                bias[torch.as_tensor(carriers)] = 0
+        new = sliced_shell(conv, weight=weight, bias=bias)
+        new.in_channels = weight.shape[1]
+        new.out_channels = weight.shape[0]
+        return ctx.emit(node, module=new)
+
+
+@register(nn.Linear)
+class Linear(Rule):
+    """Linear layer on ``(N, F)``: sink of its input features, producer of new ones."""
+
+    name = "linear"
+
+    def analyze(self, node, ctx):
+        inp = first_input(node)
+        in_layout = ctx.layout(inp)
+        shape = ctx.shape(inp)
+        if shape is not None and len(shape) != 2:
+            ctx.unsupported(
+                node, [in_layout] if in_layout else [], "linear layer on a rank > 2 input"
+            )
+            out = ctx.new_group(node, ctx.module(node).out_features)
+            ctx.freeze(out, f"linear layer on a rank > 2 input: {node.format_node()}")
+            return out
+        if in_layout is not None:
+            ctx.add_sink(node, inp, padded=False)
+        return ctx.new_group(node, ctx.module(node).out_features)
+
+    def rewrite(self, node, ctx):
+        linear = ctx.module(node)
+        if len(ctx.shape(first_input(node)) or ()) != 2:
+            return ctx.emit(node, module=ctx.unchanged(node))
+        kept_out = ctx.kept(node)
+        weight = take(linear.weight, 0, kept_out)
+        bias = take(linear.bias, 0, kept_out) if linear.bias is not None else None
+        fold = ctx.sink_fold(node, first_input(node))
+        weight, bias = fold_into(weight, bias, fold, ctx.dtype)
+        carriers = ctx.carriers(node)
+        if carriers.any():
+            weight[torch.as_tensor(carriers)] = 0
+            if bias is not None:
+                bias[torch.as_tensor(carriers)] = 0
+        new = sliced_shell(linear, weight=weight, bias=bias)
+        new.in_features = weight.shape[1]
+        new.out_features = weight.shape[0]
+        return ctx.emit(node, module=new)
+

@@ -1,0 +1,62 @@
+"""BatchNorm: channel-wise, and the scorer and gate of network slimming.
+
+An affine BatchNorm ranks the channels of its group by ``|gamma|``; with ``gamma`` zeroed it
+outputs ``beta`` whatever its input, which is what makes a pruned channel a constant. In the
+slim model a carrier channel is a BatchNorm channel with ``gamma = 0`` and ``beta = 1``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from slimfx.rules.base import Passthrough, first_input
+from slimfx.rules.registry import register
+from slimfx.rules.slicing import sliced_shell, take
+from slimfx.values import PrunedValues
+
+
+@register(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+class BatchNorm(Passthrough):
+    """BatchNorm over dim 1 (``(N, C, ...)`` or ``(N, F)``)."""
+
+    name = "batchnorm"
+
+    def analyze(self, node, ctx):
+        layout = super().analyze(node, ctx)
+        if layout is not None and ctx.module(node).affine:
+            ctx.add_scorer(node, layout)
+        return layout
+
+    def propagate(self, node, ctx):
+        bn = ctx.module(node)
+        layout = ctx.layout(node)
+        if bn.affine:
+            return ctx.gate_values(layout, bn.bias)
+        values = ctx.values(first_input(node))
+        if values is None or bn.running_mean is None:
+            return PrunedValues.unknown(len(layout))
+        mean = bn.running_mean.detach().double().numpy()
+        std = torch.sqrt(bn.running_var.detach().double() + bn.eps).numpy()
+        out = values.as_unknown_unless_exact()
+        value = (out.value - mean) / std
+        return PrunedValues(value, out.kind, out.pattern).normalized()
+
+    def rewrite(self, node, ctx):
+        bn = ctx.module(node)
+        kept = ctx.kept(node)
+        carriers = torch.as_tensor(ctx.carriers(node))
+        tensors = {}
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            value = getattr(bn, name)
+            if value is not None:
+                tensors[name] = ctx.cast(take(value, 0, kept))
+        if carriers.any() and bn.affine:
+            fill = {"weight": 0.0, "bias": 1.0, "running_mean": 0.0, "running_var": 1.0}
+            for name, value in fill.items():
+                if name in tensors:
+                    tensors[name][carriers] = value
+        new = sliced_shell(bn, **tensors)
+        new.num_features = len(kept)
+        return ctx.emit(node, module=new)
+

@@ -1,0 +1,79 @@
+"""The op-rule registry: one rule object per op kind, looked up by the node's target.
+
+Keys are module types (``call_module``), functions (``call_function``) and method names
+(``call_method``). A module subclass matches its base class' rule only when it does not
+override ``forward``: a subclass that computes something else must not be sliced as if it
+were its parent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+_MODULE_RULES: dict[type, Any] = {}
+_FUNCTION_RULES: dict[Any, Any] = {}
+_METHOD_RULES: dict[str, Any] = {}
+
+
+def register(*keys: Any) -> Callable[[Any], Any]:
+    """Class decorator: instantiate the rule and register it under every key.
+
+    A key is an ``nn.Module`` subclass, a method name (``str``) or a function.
+
+    Examples
+    --------
+    >>> @register(torch.nn.Hardshrink, "hardshrink")
+    ... class Hardshrink(ElementwiseUnary):
+    ...     pass
+    """
+
+    def decorate(rule_cls: type) -> type:
+        rule = rule_cls()
+        for key in keys:
+            if isinstance(key, type) and issubclass(key, torch.nn.Module):
+                _MODULE_RULES[key] = rule
+            elif isinstance(key, str):
+                _METHOD_RULES[key] = rule
+            else:
+                _FUNCTION_RULES[key] = rule
+        return rule_cls
+
+    return decorate
+
+
+def module_rule(module: torch.nn.Module) -> Any | None:
+    """The rule for a module instance, or ``None`` when no rule applies."""
+    cls = type(module)
+    if cls in _MODULE_RULES:
+        return _MODULE_RULES[cls]
+    for base in cls.__mro__[1:]:
+        if base in _MODULE_RULES and cls.forward is base.forward:
+            return _MODULE_RULES[base]
+    return None
+
+
+def rule_for(node: fx.Node, gm: fx.GraphModule) -> Any | None:
+    """The rule registered for ``node``'s op, or ``None``."""
+    if node.op == "call_module":
+        return module_rule(gm.get_submodule(str(node.target)))
+    if node.op == "call_function":
+        try:
+            return _FUNCTION_RULES.get(node.target)
+        except TypeError:  # unhashable target
+            return None
+    if node.op == "call_method":
+        return _METHOD_RULES.get(str(node.target))
+    return None
+
+
+def registered_keys() -> dict[str, list[str]]:
+    """Names of every registered op, by kind (for documentation and tests)."""
+    return {
+        "modules": sorted(k.__name__ for k in _MODULE_RULES),
+        "functions": sorted(getattr(k, "__name__", repr(k)) for k in _FUNCTION_RULES),
+        "methods": sorted(_METHOD_RULES),
+    }

@@ -1,0 +1,59 @@
+"""Building the slim model's modules: slicing tensors without touching the originals."""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+
+def take(tensor: torch.Tensor, dim: int, positions: np.ndarray | None) -> torch.Tensor:
+    """A new tensor holding ``positions`` of ``tensor`` along ``dim`` (all when ``None``)."""
+    tensor = tensor.detach()
+    if positions is None or (
+        len(positions) == tensor.shape[dim]
+        and np.array_equal(positions, np.arange(tensor.shape[dim]))
+    ):
+        return tensor.clone()
+    index = torch.as_tensor(np.asarray(positions, dtype=np.int64), device=tensor.device)
+    return tensor.index_select(dim, index)
+
+
+def clone_module(module: nn.Module) -> nn.Module:
+    """An independent copy of an unchanged module."""
+    return copy.deepcopy(module)
+
+
+def sliced_shell(module: nn.Module, **tensors: torch.Tensor | None) -> nn.Module:
+    """A copy of ``module`` (same class and attributes) with new parameters and buffers.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The original; it is not modified.
+    **tensors
+        New values by parameter or buffer name; every other parameter and buffer is cloned,
+        so the copy never shares storage with the original.
+    """
+    new = copy.copy(module)
+    new._parameters = OrderedDict()
+    new._buffers = OrderedDict()
+    new._modules = OrderedDict((k, copy.deepcopy(v)) for k, v in module._modules.items())
+    new._non_persistent_buffers_set = set(module._non_persistent_buffers_set)
+    for name, param in module._parameters.items():
+        value = tensors.get(name, param.detach().clone() if param is not None else None)
+        if value is None:
+            new._parameters[name] = None
+        else:
+            grad = param.requires_grad if param is not None else True
+            new._parameters[name] = nn.Parameter(value.detach(), requires_grad=grad)
+    for name, buf in module._buffers.items():
+        value = tensors.get(name, buf.clone() if buf is not None else None)
+        new._buffers[name] = value
+    for name, value in tensors.items():
+        if name not in module._parameters and name not in module._buffers:
+            raise KeyError(f"{type(module).__name__} has no parameter or buffer {name!r}")
+    return new
