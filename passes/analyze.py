@@ -220,7 +220,10 @@ def _finish(ctx: AnalyzeContext) -> ChannelGraph:
     component_of: dict[str, int] = {}
     order = {name: i for i, name in enumerate(names)}
     components = sorted(
-        (sorted(c, key=lambda s: order.get(s, len(order))) for c in nx.connected_components(ctx.graph)),
+        (
+            sorted(c, key=lambda s: order.get(s, len(order)))
+            for c in nx.connected_components(ctx.graph)
+        ),
         key=lambda c: order.get(c[0], len(order)),
     )
     groups: list[ChannelGroup] = []
@@ -249,7 +252,9 @@ def _finish(ctx: AnalyzeContext) -> ChannelGraph:
     for grp in groups:
         if not grp.scorers and not grp.frozen:
             logger.debug("group %s has no BatchNorm: it keeps its width", grp.name)
-    notes = list(ctx.gm.meta.get("slimfx_trace_notes").lines()) if ctx.gm.meta.get(
-        "slimfx_trace_notes"
-    ) else []
+    notes = (
+        list(ctx.gm.meta.get("slimfx_trace_notes").lines())
+        if ctx.gm.meta.get("slimfx_trace_notes")
+        else []
+    )
     return ChannelGraph(ctx.gm, ctx.graph, groups, layouts, ctx.sinks, notes + ctx.notes)

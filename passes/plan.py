@@ -40,10 +40,10 @@ from typing import Any
 
 import numpy as np
 
-from slimfx.passes.constants import BETA, CARRIER, ZERO, propagate
 from slimfx.channel_graph import ChannelGraph, ChannelGroup
 from slimfx.errors import PlanError, UnsupportedError
 from slimfx.layout import KeepTable
+from slimfx.passes.constants import BETA, CARRIER, ZERO, propagate
 from slimfx.values import EXACT, PATTERN, UNKNOWN
 
 logger = logging.getLogger(__name__)
@@ -297,8 +297,16 @@ def plan(
     flat = np.concatenate(pruned_scores) if pruned_scores else np.zeros(0)
     threshold = float(flat.max()) if flat.size else float("nan")
     return SlimPlan(
-        groups, float(percent), int(min_channels), int(round_to), bool(compensate),
-        group_score, total, pruned_count, threshold, notes,
+        groups,
+        float(percent),
+        int(min_channels),
+        int(round_to),
+        bool(compensate),
+        group_score,
+        total,
+        pruned_count,
+        threshold,
+        notes,
     )
 
 

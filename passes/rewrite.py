@@ -21,12 +21,12 @@ import torch
 import torch.fx as fx
 
 import slimfx.rules  # noqa: F401
-from slimfx.passes.constants import CARRIER, propagate
-from slimfx.passes.plan import SlimPlan
-from slimfx.passes.trace import propagate_shapes
 from slimfx.channel_graph import ChannelGraph
 from slimfx.errors import PlanError
 from slimfx.layout import Layout
+from slimfx.passes.constants import CARRIER, propagate
+from slimfx.passes.plan import SlimPlan
+from slimfx.passes.trace import propagate_shapes
 from slimfx.rules.base import node_shape
 from slimfx.rules.graph_io import Output, Placeholder, Unknown
 from slimfx.rules.registry import rule_for
@@ -294,4 +294,3 @@ def rewrite(
     ]
     propagate_shapes(slim, tuple(example))
     return slim
-

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch.utils._pytree import tree_leaves
 
-from slimfx.passes.plan import SlimPlan
-from slimfx.passes.trace import as_input_tuple
 from slimfx.channel_graph import ChannelGraph
 from slimfx.errors import EquivalenceError
+from slimfx.passes.plan import SlimPlan
+from slimfx.passes.trace import as_input_tuple
 from slimfx.tolerances import FLOAT64_RTOL
 
 

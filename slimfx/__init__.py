@@ -9,6 +9,8 @@ The passes behind :func:`slim` are public too: :func:`trace`, :func:`analyze`,
 :func:`plan`, :func:`rewrite`, :func:`verify` (and more in :mod:`slimfx.passes`).
 """
 
+from slimfx.api import SlimResult, slim
+from slimfx.channel_graph import ChannelGraph, ChannelGroup
 from slimfx.errors import (
     CheckpointError,
     EquivalenceError,
@@ -22,8 +24,6 @@ from slimfx.passes.plan import GroupPlan, SlimPlan, plan
 from slimfx.passes.rewrite import rewrite
 from slimfx.passes.trace import trace
 from slimfx.passes.verify import masked_reference, verify
-from slimfx.api import SlimResult, slim  # noqa: E402  (needs the passes above)
-from slimfx.channel_graph import ChannelGraph, ChannelGroup
 from slimfx.report import SlimReport
 
 __version__ = "0.1.0"

@@ -9,16 +9,16 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from slimfx.cfg import vgg_cfg
+from slimfx.channel_graph import ChannelGraph
+from slimfx.counting import count_macs, count_params
+from slimfx.errors import EquivalenceError
 from slimfx.passes.analyze import analyze
 from slimfx.passes.plan import SlimPlan, plan
 from slimfx.passes.rewrite import rewrite
 from slimfx.passes.trace import trace
 from slimfx.passes.verify import masked_reference, masked_state
 from slimfx.passes.verify import verify as verify_modules
-from slimfx.cfg import vgg_cfg
-from slimfx.channel_graph import ChannelGraph
-from slimfx.counting import count_macs, count_params
-from slimfx.errors import EquivalenceError
 from slimfx.report import LayerRow, SlimReport
 from slimfx.tolerances import FLOAT32_RTOL, FLOAT64_RTOL
 

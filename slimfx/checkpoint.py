@@ -55,9 +55,20 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                 f"and containers ({_unsafe_global(str(exc))}); slimfx loads only weights"
             ) from exc
         raise CheckpointError(f"{file} is not a readable checkpoint: {first}") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError,
-            IndexError, TypeError, AttributeError, UnicodeDecodeError, OverflowError,
-            MemoryError) as exc:
+    except (
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        ValueError,
+        OSError,
+        KeyError,
+        IndexError,
+        TypeError,
+        AttributeError,
+        UnicodeDecodeError,
+        OverflowError,
+        MemoryError,
+    ) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{file} is not a readable checkpoint ({first[:200]})") from exc
     return normalize_checkpoint(obj, str(file))
@@ -95,7 +106,7 @@ def normalize_checkpoint(obj: Any, source: str = "checkpoint") -> dict[str, Any]
 def unwrap_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Strip a ``module.`` prefix left by (Distributed)DataParallel."""
     if state and all(k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items()}
+        return {k[len("module.") :]: v for k, v in state.items()}
     return dict(state)
 
 
@@ -118,7 +129,8 @@ def load_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source:
         if unexpected:
             parts.append(f"unexpected keys: {', '.join(unexpected[:3])}")
         raise CheckpointError(
-            f"{source} does not fit {type(model).__name__}: " + "; ".join(parts)
+            f"{source} does not fit {type(model).__name__}: "
+            + "; ".join(parts)
             + " (wrong --arch/--depth/--dataset, or a pruned model without its cfg?)"
         )
     for key, value in state.items():

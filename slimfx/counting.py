@@ -37,4 +37,3 @@ def count_macs(gm: fx.GraphModule) -> int:
         elif isinstance(module, nn.Linear):
             total += per_sample * module.in_features
     return int(total)
-

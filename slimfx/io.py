@@ -36,7 +36,8 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     if dest.is_dir():
         raise IsADirectoryError(f"cannot write {dest}: it is a folder")
     fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{dest.name}.", suffix=suffix if suffix is not None else dest.suffix + ".tmp",
+        prefix=f".{dest.name}.",
+        suffix=suffix if suffix is not None else dest.suffix + ".tmp",
         dir=folder,
     )
     os.close(fd)

@@ -22,7 +22,7 @@ USAGE_ERROR = 2
 class OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line (``slimfx prune: error: ...``)."""
 
-    def error(self, message: str):  # noqa: D401 (argparse API)
+    def error(self, message: str):
         self.exit(USAGE_ERROR, f"{self.prog}: error: {message}\n")
 
 

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import itertools
 import operator
 
 import numpy as np
@@ -239,12 +240,13 @@ class Split(Rule):
             ctx.unsupported(node, [layout], "split with sizes computed at run time")
             return tuple(Layout.untracked(m.shape[1]) for m in node.meta["tensor_meta"])
         bounds = np.cumsum([0, *sizes])
-        pieces = [layout.slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        pieces = [layout.slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
         for piece in pieces:
             for gid in piece.group_ids():
                 if np.count_nonzero(layout.group == gid) != np.count_nonzero(piece.group == gid):
                     ctx.freeze(
-                        [piece], f"split through the middle of a channel group: {node.format_node()}"
+                        [piece],
+                        f"split through the middle of a channel group: {node.format_node()}",
                     )
         return tuple(pieces)
 

@@ -61,9 +61,7 @@ def fold_into(weight: torch.Tensor, bias: torch.Tensor | None, fold, dtype) -> t
     via_carrier = fold.partner >= 0
     if via_carrier.any():
         columns = np.unique(fold.partner[via_carrier])
-        acc = torch.zeros(
-            (weight.shape[0], len(columns), *weight.shape[2:]), dtype=torch.float64
-        )
+        acc = torch.zeros((weight.shape[0], len(columns), *weight.shape[2:]), dtype=torch.float64)
         slot = np.searchsorted(columns, fold.partner[via_carrier])
         carrier_value = torch.as_tensor(fold.carrier_value[via_carrier], dtype=torch.float64)
         part = scaled[:, torch.as_tensor(np.flatnonzero(via_carrier))]
@@ -185,4 +183,3 @@ class Linear(Rule):
         new.in_features = weight.shape[1]
         new.out_features = weight.shape[0]
         return ctx.emit(node, module=new)
-

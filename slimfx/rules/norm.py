@@ -59,4 +59,3 @@ class BatchNorm(Passthrough):
         new = sliced_shell(bn, **tensors)
         new.num_features = len(kept)
         return ctx.emit(node, module=new)
-

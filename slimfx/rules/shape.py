@@ -43,8 +43,19 @@ def _reshape_factor(in_shape: tuple, out_shape: tuple) -> int | None:
     return None
 
 
-@register(torch.flatten, "flatten", "view", "reshape", torch.reshape, "squeeze", "unsqueeze",
-          torch.squeeze, torch.unsqueeze, torch.nn.Flatten, torch.nn.Unflatten)
+@register(
+    torch.flatten,
+    "flatten",
+    "view",
+    "reshape",
+    torch.reshape,
+    "squeeze",
+    "unsqueeze",
+    torch.squeeze,
+    torch.unsqueeze,
+    torch.nn.Flatten,
+    torch.nn.Unflatten,
+)
 class Reshape(Rule):
     """Flatten/view/reshape/squeeze understood from shapes (see the module docstring)."""
 
@@ -56,8 +67,8 @@ class Reshape(Rule):
         in_shape, out_shape = node_shape(inp), node_shape(node)
         if layout is None:
             return None
-        factor = None if in_shape is None or out_shape is None else _reshape_factor(
-            in_shape, out_shape
+        factor = (
+            None if in_shape is None or out_shape is None else _reshape_factor(in_shape, out_shape)
         )
         if factor is None:
             ctx.unsupported(node, [layout], "reshape that moves the channel axis")
@@ -217,4 +228,3 @@ def _tensor_index_kind(index) -> str:
     ):
         return "channel"
     return "other"
-

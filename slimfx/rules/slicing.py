@@ -53,7 +53,7 @@ def sliced_shell(module: nn.Module, **tensors: torch.Tensor | None) -> nn.Module
     for name, buf in module._buffers.items():
         value = tensors.get(name, buf.clone() if buf is not None else None)
         new._buffers[name] = value
-    for name, value in tensors.items():
+    for name in tensors:
         if name not in module._parameters and name not in module._buffers:
             raise KeyError(f"{type(module).__name__} has no parameter or buffer {name!r}")
     return new
