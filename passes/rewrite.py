@@ -26,7 +26,7 @@ from slimfx.errors import PlanError
 from slimfx.layout import Layout
 from slimfx.passes.constants import CARRIER, propagate
 from slimfx.passes.plan import SlimPlan
-from slimfx.passes.trace import propagate_shapes
+from slimfx.passes.trace import propagate_shapes, restore_containers
 from slimfx.rules.base import node_shape
 from slimfx.rules.graph_io import Output, Placeholder, Unknown
 from slimfx.rules.registry import rule_for
@@ -195,26 +195,26 @@ class RewriteContext:
         return self.graph.create_node("call_function", fn, new_args, new_kwargs, name=node.name)
 
     def emit_attr(self, node: fx.Node) -> fx.Node:
-        """Copy a ``get_attr`` node with its tensor (cloned)."""
-        value = self._fetch(str(node.target))
-        if isinstance(value, torch.Tensor):
-            self.attrs[str(node.target)] = self._clone_tensor(value)
-        elif isinstance(value, torch.nn.Module):
-            self.modules[str(node.target)] = copy.deepcopy(value)
+        """Copy a ``get_attr`` node; its value is cloned when the slim module is built."""
         return self.emit(node)
 
     def sliced_attr(self, attr_node: fx.Node, dim: int, positions: np.ndarray) -> fx.Node:
-        """A new ``get_attr`` node holding ``positions`` of the attribute along ``dim``."""
-        value = self._fetch(str(attr_node.target))
+        """A ``get_attr`` node holding ``positions`` of the attribute along ``dim``.
+
+        The slice keeps the attribute's name when the op slicing it is its only user.
+        """
+        target = str(attr_node.target)
+        value = self._fetch(target)
         index = torch.as_tensor(positions, dtype=torch.long)
-        sliced = self._clone_tensor(value).index_select(dim, index)
+        sliced = self._clone_tensor(value).detach().index_select(dim, index)
         if isinstance(value, torch.nn.Parameter):
             sliced = torch.nn.Parameter(sliced, requires_grad=value.requires_grad)
-        name = f"{attr_node.target}"
-        n = 0
-        while name in self.attrs and not torch.equal(self.attrs[name], sliced):
-            n += 1
-            name = f"{attr_node.target}_slim{n}"
+        name = target
+        if len(attr_node.users) > 1 or name in self.attrs:
+            n = 1
+            while f"{target}_slim{n}" in self.attrs:
+                n += 1
+            name = f"{target}_slim{n}"
         self.attrs[name] = sliced
         return self.graph.get_attr(name)
 
@@ -270,7 +270,6 @@ def rewrite(
     for node in list(ctx.graph.nodes):
         if node.op == "get_attr" and not node.users:
             ctx.graph.erase_node(node)
-            ctx.attrs.pop(str(node.target), None)
     used = {str(n.target) for n in ctx.graph.nodes if n.op in ("call_module", "get_attr")}
     order = [name for name, _ in cg.gm.named_modules()]
     root: dict[str, Any] = {}
@@ -280,15 +279,18 @@ def rewrite(
     for name, value in {**ctx.modules, **ctx.attrs}.items():
         if name in used and name not in root:
             root[name] = value
+    for name in sorted(used - set(root)):
+        original = ctx._fetch(name)
+        if isinstance(original, torch.Tensor):
+            root[name] = ctx._clone_tensor(original)
+        else:
+            root[name] = copy.deepcopy(original)
     slim = fx.GraphModule(root, ctx.graph, class_name=f"Slim{type(cg.gm).__name__}")
+    restore_containers(slim, cg.gm)
     slim.graph.lint()
     slim.training = cg.gm.training
     example = [
-        torch.empty(
-            n.meta["tensor_meta"].shape,
-            dtype=dtype or n.meta["tensor_meta"].dtype,
-            device="meta",
-        )
+        torch.zeros(n.meta["tensor_meta"].shape, dtype=dtype or n.meta["tensor_meta"].dtype)
         for n in cg.gm.graph.nodes
         if n.op == "placeholder"
     ]

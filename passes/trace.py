@@ -20,6 +20,7 @@ does); it never modifies them.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import traceback
@@ -188,6 +189,7 @@ def trace(model: torch.nn.Module, example_inputs: Any) -> fx.GraphModule:
             "cannot be slimmed; move it into a submodule or make it static."
         ) from exc
     gm = fx.GraphModule(model, graph, class_name=type(model).__name__)
+    restore_containers(gm, model)
     gm.meta["slimfx_trace_notes"] = tracer.notes
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != len(inputs):
@@ -272,3 +274,39 @@ class _ShapeRecorder(fx.Interpreter):
             n.meta["tensor_meta"] = map_aggregate(result, record)
         n.meta["type"] = type(result)
         return result
+
+
+def restore_containers(slim: fx.GraphModule, original: torch.nn.Module) -> None:
+    """Give intermediate modules their original classes and child order back.
+
+    ``GraphModule`` builds the path to each leaf from plain ``nn.Module`` objects; users
+    expect ``slim.features[3]`` to work and ``print(slim)`` to look like the original.
+    """
+    originals = dict(original.named_modules())
+    paths = [name for name, _ in slim.named_modules() if name and name in originals]
+    for path in sorted(paths, key=lambda p: -p.count(".")):
+        current = slim.get_submodule(path)
+        source = originals[path]
+        if type(current) is not torch.nn.Module or type(source) is torch.nn.Module:
+            continue
+        if isinstance(source, torch.nn.Sequential | torch.nn.ModuleList | torch.nn.ModuleDict):
+            shell = type(source).__new__(type(source))
+            torch.nn.Module.__init__(shell)
+        else:
+            shell = copy.copy(source)
+            shell._modules = {}
+            shell._parameters = {}
+            shell._buffers = {}
+            shell._non_persistent_buffers_set = set()
+        shell.training = current.training
+        order = list(source._modules) + [k for k in current._modules if k not in source._modules]
+        for key in order:
+            if key in current._modules:
+                shell._modules[key] = current._modules[key]
+        shell._parameters.update(current._parameters)
+        shell._buffers.update(current._buffers)
+        parent_path, _, leaf = path.rpartition(".")
+        parent = slim.get_submodule(parent_path) if parent_path else slim
+        parent._modules[leaf] = shell
+    order = list(original._modules) + [k for k in slim._modules if k not in original._modules]
+    slim._modules = {k: slim._modules[k] for k in order if k in slim._modules}

@@ -150,7 +150,7 @@ class PReLU(ElementwiseUnary):
     def rewrite(self, node, ctx):
         module = ctx.module(node)
         if module.num_parameters == 1:
-            return ctx.emit(node, module=clone_module(module))
+            return ctx.emit(node, module=ctx.unchanged(node))
         kept = ctx.kept(first_input(node))
         new = sliced_shell(module, weight=ctx.cast(take(module.weight, 0, kept)))
         new.num_parameters = len(kept)

@@ -11,12 +11,12 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 import torch.nn as nn
 
 from slimfx.rules.base import Rule, first_input
+from slimfx.rules.folding import gather, slice_consumer
 from slimfx.rules.registry import register
-from slimfx.rules.slicing import sliced_shell, take
+from slimfx.rules.slicing import sliced_shell
 from slimfx.values import EXACT, PrunedValues
 
 
@@ -30,51 +30,6 @@ def _is_padded(conv: nn.modules.conv._ConvNd) -> bool:
 
 def _is_depthwise(conv: nn.modules.conv._ConvNd) -> bool:
     return conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
-
-
-def fold_into(weight: torch.Tensor, bias: torch.Tensor | None, fold, dtype) -> tuple:
-    """Slice a consumer's input axis (dim 1) and fold pruned channels' values into it.
-
-    Parameters
-    ----------
-    weight : Tensor
-        ``(out, in, *kernel)``, already sliced along ``out``.
-    bias : Tensor or None
-        ``(out,)``, already sliced.
-    fold : SinkFold
-        From ``RewriteContext.sink_fold``.
-    dtype : torch.dtype
-        Of the result.
-
-    Returns
-    -------
-    (weight, bias)
-        ``bias`` is created (zeros) when a fold needs one and the layer had none.
-    """
-    dtype = dtype or weight.dtype
-    new_weight = take(weight, 1, fold.kept).to(dtype)
-    if not fold.active:
-        return new_weight, None if bias is None else bias.to(dtype)
-    contrib = take(weight, 1, fold.contrib).to(torch.float64)
-    shape = (1, len(fold.contrib)) + (1,) * (weight.dim() - 2)
-    scaled = contrib * torch.as_tensor(fold.value, dtype=torch.float64).reshape(shape)
-    via_carrier = fold.partner >= 0
-    if via_carrier.any():
-        columns = np.unique(fold.partner[via_carrier])
-        acc = torch.zeros((weight.shape[0], len(columns), *weight.shape[2:]), dtype=torch.float64)
-        slot = np.searchsorted(columns, fold.partner[via_carrier])
-        carrier_value = torch.as_tensor(fold.carrier_value[via_carrier], dtype=torch.float64)
-        part = scaled[:, torch.as_tensor(np.flatnonzero(via_carrier))]
-        part = part / carrier_value.reshape((1, -1) + (1,) * (weight.dim() - 2))
-        acc.index_add_(1, torch.as_tensor(slot), part)
-        new_weight[:, torch.as_tensor(columns)] = acc.to(dtype)
-    direct = ~via_carrier
-    if direct.any():
-        extra = scaled[:, torch.as_tensor(np.flatnonzero(direct))]
-        extra = extra.sum(dim=tuple(range(1, weight.dim())))
-        base = torch.zeros(weight.shape[0], dtype=torch.float64) if bias is None else bias.double()
-        bias = base + extra
-    return new_weight, None if bias is None else bias.to(dtype)
 
 
 @register(nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -122,26 +77,13 @@ class Conv(Rule):
         conv = ctx.module(node)
         if _is_depthwise(conv):
             kept = ctx.kept(node)
-            bias = ctx.cast(take(conv.bias, 0, kept)) if conv.bias is not None else None
-            new = sliced_shell(conv, weight=ctx.cast(take(conv.weight, 0, kept)), bias=bias)
+            bias = ctx.cast(gather(conv.bias, kept)) if conv.bias is not None else None
+            new = sliced_shell(conv, weight=ctx.cast(gather(conv.weight, kept)), bias=bias)
             new.in_channels = new.out_channels = new.groups = len(kept)
             return ctx.emit(node, module=new)
         if conv.groups != 1:
             return ctx.emit(node, module=ctx.unchanged(node))
-        kept_out = ctx.kept(node)
-        weight = take(conv.weight, 0, kept_out)
-        bias = take(conv.bias, 0, kept_out) if conv.bias is not None else None
-        fold = ctx.sink_fold(node, first_input(node))
-        weight, bias = fold_into(weight, bias, fold, ctx.dtype)
-        carriers = ctx.carriers(node)
-        if carriers.any():
-            weight[torch.as_tensor(carriers)] = 0
-            if bias is not None:
-                bias[torch.as_tensor(carriers)] = 0
-        new = sliced_shell(conv, weight=weight, bias=bias)
-        new.in_channels = weight.shape[1]
-        new.out_channels = weight.shape[0]
-        return ctx.emit(node, module=new)
+        return ctx.emit(node, module=slice_consumer(conv, node, ctx, "in_channels", "out_channels"))
 
 
 @register(nn.Linear)
@@ -169,17 +111,5 @@ class Linear(Rule):
         linear = ctx.module(node)
         if len(ctx.shape(first_input(node)) or ()) != 2:
             return ctx.emit(node, module=ctx.unchanged(node))
-        kept_out = ctx.kept(node)
-        weight = take(linear.weight, 0, kept_out)
-        bias = take(linear.bias, 0, kept_out) if linear.bias is not None else None
-        fold = ctx.sink_fold(node, first_input(node))
-        weight, bias = fold_into(weight, bias, fold, ctx.dtype)
-        carriers = ctx.carriers(node)
-        if carriers.any():
-            weight[torch.as_tensor(carriers)] = 0
-            if bias is not None:
-                bias[torch.as_tensor(carriers)] = 0
-        new = sliced_shell(linear, weight=weight, bias=bias)
-        new.in_features = weight.shape[1]
-        new.out_features = weight.shape[0]
+        new = slice_consumer(linear, node, ctx, "in_features", "out_features")
         return ctx.emit(node, module=new)

@@ -1,0 +1,123 @@
+"""Slicing a consumer (convolution or linear layer) and folding pruned constants into it.
+
+A pruned input channel ``p`` that carries the constant ``v_p`` contributes ``W[:, p] * v_p``
+to every output. Folding keeps that contribution:
+
+* into the weights on the group's carrier column ``q`` (which carries ``c_q``):
+  ``W'[:, q] = sum_p W[:, p] * v_p / c_q`` — exact at zero-padded borders too;
+* into the bias: ``b' = b + sum_p sum_kernel W[:, p] * v_p`` — exact when nothing pads.
+
+Sums are accumulated in float64 over column chunks, so memory stays bounded by the slim
+layer, and the result is rounded once to the target dtype.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from slimfx.rules.slicing import sliced_shell
+
+#: Elements gathered at once while folding (bounds the temporary float64 memory).
+CHUNK_ELEMENTS = 1 << 22
+
+
+def _index(positions: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(positions, dtype=np.int64))
+
+
+def _is_all(positions: np.ndarray | None, size: int) -> bool:
+    return positions is None or (
+        len(positions) == size and np.array_equal(positions, np.arange(size))
+    )
+
+
+def gather(tensor: torch.Tensor, rows: np.ndarray | None, cols: np.ndarray | None = None):
+    """``tensor[rows][:, cols]`` in one copy (``None`` or every index: the whole axis)."""
+    tensor = tensor.detach()
+    all_rows = _is_all(rows, tensor.shape[0])
+    all_cols = cols is None or tensor.dim() < 2 or _is_all(cols, tensor.shape[1])
+    if all_rows and all_cols:
+        return tensor.clone()
+    if all_rows:
+        return tensor.index_select(1, _index(cols))
+    if all_cols:
+        return tensor.index_select(0, _index(rows))
+    return tensor[_index(rows)[:, None], _index(cols)]
+
+
+def fold_weights(weight, bias, rows, fold, dtype):
+    """The consumer's new weight and bias (see the module docstring).
+
+    Parameters
+    ----------
+    weight : Tensor
+        Original ``(out, in, *kernel)``.
+    bias : Tensor or None
+        Original ``(out,)``.
+    rows : numpy.ndarray
+        Output channels that stay.
+    fold : SinkFold
+        Input slicing and constants, from ``RewriteContext.sink_fold``.
+    dtype : torch.dtype or None
+        Of the result (``None``: the weight's).
+
+    Returns
+    -------
+    (weight, bias)
+        ``bias`` is created when a fold needs one and the layer had none.
+    """
+    dtype = dtype or weight.dtype
+    new_weight = gather(weight, rows, fold.kept).to(dtype)
+    new_bias = None if bias is None else gather(bias, rows).to(dtype)
+    if not fold.active:
+        return new_weight, new_bias
+    out_rows = new_weight.shape[0]
+    kernel = weight.shape[2:]
+    via_carrier = fold.partner >= 0
+    columns = np.unique(fold.partner[via_carrier])
+    carrier_sum = torch.zeros((out_rows, len(columns), *kernel), dtype=torch.float64)
+    bias_sum = torch.zeros(out_rows, dtype=torch.float64)
+    scale = np.where(via_carrier, fold.value / np.where(via_carrier, fold.carrier_value, 1), 0)
+    step = max(1, CHUNK_ELEMENTS // max(1, out_rows * int(np.prod(kernel, dtype=np.int64))))
+    carried_pos = np.flatnonzero(via_carrier)
+    slots = np.searchsorted(columns, fold.partner[carried_pos])
+    for start in range(0, len(carried_pos), step):
+        part = carried_pos[start : start + step]
+        block = gather(weight, rows, fold.contrib[part]).to(torch.float64)
+        factors = torch.as_tensor(scale[part]).reshape((1, -1) + (1,) * len(kernel))
+        carrier_sum.index_add_(1, _index(slots[start : start + step]), block * factors)
+    direct_pos = np.flatnonzero(~via_carrier)
+    for start in range(0, len(direct_pos), step):
+        part = direct_pos[start : start + step]
+        block = gather(weight, rows, fold.contrib[part]).to(torch.float64)
+        if kernel:
+            block = block.reshape(block.shape[0], block.shape[1], -1).sum(2)
+        bias_sum += block @ torch.as_tensor(fold.value[part])
+    if len(columns):
+        new_weight[:, _index(columns)] = carrier_sum.to(dtype)
+    if (~via_carrier).any():
+        base = torch.zeros(out_rows, dtype=torch.float64) if bias is None else gather(bias, rows)
+        new_bias = (base.to(torch.float64) + bias_sum).to(dtype)
+    return new_weight, new_bias
+
+
+def slice_consumer(module: nn.Module, node, ctx, in_attr: str, out_attr: str) -> nn.Module:
+    """A new convolution/linear layer: kept outputs, kept inputs, pruned constants folded.
+
+    Carrier output channels (this layer produces a group with a carrier) get zero weights
+    and bias: the BatchNorm after them outputs the carrier's constant whatever they compute.
+    """
+    rows = ctx.kept(node)
+    fold = ctx.sink_fold(node, node.args[0])
+    weight, bias = fold_weights(module.weight, module.bias, rows, fold, ctx.dtype)
+    carriers = ctx.carriers(node)
+    if carriers.any():
+        weight[_index(np.flatnonzero(carriers))] = 0
+        if bias is not None:
+            bias[_index(np.flatnonzero(carriers))] = 0
+    new = sliced_shell(module, weight=weight, bias=bias)
+    setattr(new, in_attr, weight.shape[1])
+    setattr(new, out_attr, weight.shape[0])
+    return new

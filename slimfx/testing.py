@@ -1,0 +1,75 @@
+"""Helpers for testing slimmed models (used by slimfx's own tests; public for users' tests).
+
+The oracle here is independent of the passes: it masks a model from nothing but
+``SlimResult.kept`` and the per-layer modes of the report, so a test can check the slim
+model against it without trusting the pass' own reference.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+
+import torch
+import torch.nn as nn
+
+from slimfx.passes.verify import random_inputs, relative_error, run_float64
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0, *, sparse: float = 0.0) -> nn.Module:
+    """Give every BatchNorm random statistics, gammas and betas, in place.
+
+    Freshly initialised BatchNorms are the identity (gamma 1, beta 0, mean 0, var 1), which
+    hides slicing mistakes; this makes them not so. ``sparse`` is the fraction of gammas set
+    close to zero, as after sparsity training.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if not isinstance(module, nn.modules.batchnorm._BatchNorm):
+                continue
+            n = module.num_features
+            if module.affine:
+                gamma = torch.rand(n, generator=generator) * 1.5 + 0.05
+                gamma *= torch.where(torch.rand(n, generator=generator) < 0.2, -1.0, 1.0)
+                small = torch.rand(n, generator=generator) < sparse
+                gamma[small] *= 1e-3
+                module.weight.copy_(gamma)
+                module.bias.copy_(torch.randn(n, generator=generator) * 0.5)
+            if module.running_mean is not None:
+                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.3)
+                module.running_var.copy_(torch.rand(n, generator=generator) * 1.5 + 0.5)
+    return model
+
+
+def oracle_masked_model(
+    model: nn.Module, kept: Mapping[str, list[int]], zero_beta: Mapping[str, bool]
+) -> nn.Module:
+    """A copy of ``model`` with every BatchNorm channel outside ``kept`` masked.
+
+    Parameters
+    ----------
+    kept : mapping
+        BatchNorm name → kept channels (``SlimResult.kept``).
+    zero_beta : mapping
+        BatchNorm name → whether its betas are zeroed too (layers in ``"zero"`` mode).
+    """
+    masked = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, channels in kept.items():
+            bn = masked.get_submodule(name)
+            pruned = torch.ones(bn.num_features, dtype=torch.bool)
+            pruned[list(channels)] = False
+            bn.weight[pruned] = 0
+            if zero_beta.get(name, False):
+                bn.bias[pruned] = 0
+    return masked
+
+
+def max_relative_error(a: nn.Module, b: nn.Module, example_inputs, trials: int = 2) -> float:
+    """Largest ``max|a - b| / max|b|`` over random inputs, both run in float64."""
+    worst = 0.0
+    for trial in range(trials):
+        inputs = random_inputs(example_inputs, 1000 + trial)
+        worst = max(worst, relative_error(run_float64(a, inputs), run_float64(b, inputs)))
+    return worst

@@ -1,0 +1,157 @@
+"""Rule family: convolutions and linear layers (sinks and producers), carriers, folding."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+import slimfx
+from slimfx.testing import max_relative_error, randomize_batchnorm
+
+
+def block(cin, cout, k=3, padding=1, bias=False, stride=1):
+    return [
+        nn.Conv2d(cin, cout, k, padding=padding, bias=bias, stride=stride),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(),
+    ]
+
+
+class Chain(nn.Module):
+    def __init__(self, layers, features, classes=5):
+        super().__init__()
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(features, classes)
+
+    def forward(self, x):
+        return self.head(self.body(x).flatten(1))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("padding", [0, 1, 2])
+@pytest.mark.parametrize("compensate", [True, False])
+def test_conv_consumer_exact_with_and_without_padding(bias, padding, compensate, oracle_check):
+    k = 3 if padding < 2 else 5
+    size = 9
+    out = size + 2 * padding - k + 1
+    model = Chain(
+        block(3, 10, k, padding, bias) + block(10, 7, k, padding, bias),
+        7 * (out + 2 * padding - k + 1) ** 2,
+    )
+    model = randomize_batchnorm(model, seed=padding)
+    x = torch.randn(2, 3, size, size)
+    res = slimfx.slim(model, x, 0.5, compensate=compensate)
+    first = res.plan.groups["body_0"]
+    if compensate and padding > 0:
+        assert first.carrier is not None, "a zero-padded consumer needs a carrier channel"
+    else:
+        assert first.carrier is None
+    oracle_check(model, x, res)
+
+
+def test_carrier_is_exact_for_other_input_sizes():
+    """A carrier reproduces the constant's border behaviour at any spatial size."""
+
+    class GapNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(*block(3, 12), *block(12, 9), *block(9, 8))
+            self.head = nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.head(self.body(x).mean(dim=(2, 3)))
+
+    model = randomize_batchnorm(GapNet(), seed=4)
+    res = slimfx.slim(model, torch.randn(1, 3, 8, 8), 0.5)
+    assert res.report.carriers >= 1
+    for size in (5, 8, 13, 21):
+        x = torch.randn(3, 3, size, size)
+        assert (
+            max_relative_error(
+                slimfx.rewrite(res.channel_graph, res.plan, dtype=torch.float64), res.reference, x
+            )
+            <= 1e-9
+        )
+
+
+def test_strided_and_dilated_convs():
+    layers = [
+        nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, dilation=2, padding=2),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 6, 1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+    ]
+    model = randomize_batchnorm(Chain(layers, 6 * 5 * 5), seed=5)
+    x = torch.randn(2, 3, 10, 10)
+    for compensate in (True, False):
+        res = slimfx.slim(model, x, 0.6, compensate=compensate)
+        assert res.module.body[6].in_channels < 8
+
+
+def test_linear_consumer_folds_into_bias_and_creates_one_if_missing(oracle_check):
+    class Mlp(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Linear(12, 16)
+            self.bn = nn.BatchNorm1d(16)
+            self.fc2 = nn.Linear(16, 3, bias=False)
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.bn(self.fc1(x))))
+
+    model = randomize_batchnorm(Mlp(), seed=6)
+    with torch.no_grad():
+        model.bn.bias.abs_()  # positive betas: relu(beta) > 0 must be folded
+    x = torch.randn(4, 12)
+    res = slimfx.slim(model, x, 0.5)
+    assert res.module.fc2.bias is not None
+    assert res.module.fc1.out_features == res.module.fc2.in_features == 8
+    oracle_check(model, x, res)
+
+
+def test_grouped_convolution_freezes_its_channels():
+    grouped = [nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.BatchNorm2d(8), nn.ReLU()]
+    model = randomize_batchnorm(Chain(block(3, 8) + grouped + block(8, 6), 6 * 4 * 4), seed=7)
+    res = slimfx.slim(model, torch.randn(1, 3, 4, 4), 0.3)
+    frozen = " ".join(res.report.frozen)
+    assert "grouped convolution" in frozen
+    assert res.module.body[3].groups == 2 and res.module.body[3].in_channels == 8
+    assert res.module.body[6].out_channels < 6
+
+
+def test_depthwise_convolution_is_channel_wise(oracle_check):
+    layers = (
+        block(3, 8)
+        + [nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(8), nn.ReLU()]
+        + block(8, 6, 1, 0)
+    )
+    model = randomize_batchnorm(Chain(layers, 6 * 16), seed=8)
+    x = torch.randn(2, 3, 4, 4)
+    res = slimfx.slim(model, x, 0.5)
+    group = res.channel_graph.group_of("body_0")
+    assert {s.module for s in group.scorers} == {"body.1", "body.4"}
+    dw = res.module.body[3]
+    assert dw.groups == dw.in_channels == dw.out_channels == res.module.body[1].num_features
+    oracle_check(model, x, res)
+
+
+def test_conv1d_and_batchnorm1d(oracle_check):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(2, 10, 3, padding=1)
+            self.bn = nn.BatchNorm1d(10)
+            self.conv2 = nn.Conv1d(10, 4, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv2(torch.relu(self.bn(self.conv(x)))).mean(2)
+
+    model = randomize_batchnorm(Net(), seed=9)
+    x = torch.randn(2, 2, 11)
+    res = slimfx.slim(model, x, 0.5)
+    assert res.module.conv.out_channels == res.plan.groups["conv"].width
+    oracle_check(model, x, res)
