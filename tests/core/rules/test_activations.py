@@ -21,7 +21,7 @@ class ConvBnAct(nn.Module):
 
     def forward(self, x):
         x = self.bn1(self.conv1(x))
-        x = self.act(x) if isinstance(self.act, nn.Module) else self.act(x)
+        x = self.act(x)
         x = F.relu(self.bn2(self.conv2(x)))
         return self.head(torch.flatten(x, 1))
 

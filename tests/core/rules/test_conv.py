@@ -124,11 +124,8 @@ def test_grouped_convolution_freezes_its_channels():
 
 
 def test_depthwise_convolution_is_channel_wise(oracle_check):
-    layers = (
-        block(3, 8)
-        + [nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(8), nn.ReLU()]
-        + block(8, 6, 1, 0)
-    )
+    depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+    layers = [*block(3, 8), depthwise, nn.BatchNorm2d(8), nn.ReLU(), *block(8, 6, 1, 0)]
     model = randomize_batchnorm(Chain(layers, 6 * 16), seed=8)
     x = torch.randn(2, 3, 4, 4)
     res = slimfx.slim(model, x, 0.5)
