@@ -73,3 +73,21 @@ def max_relative_error(a: nn.Module, b: nn.Module, example_inputs, trials: int =
         inputs = random_inputs(example_inputs, 1000 + trial)
         worst = max(worst, relative_error(run_float64(a, inputs), run_float64(b, inputs)))
     return worst
+
+
+def assert_matches_oracle(model: nn.Module, example_inputs, result) -> None:
+    """Assert that a :class:`slimfx.SlimResult` equals the oracle masked model.
+
+    The construction is checked exactly (float64 rebuild, 1e-9) and the stored weights within
+    float32 rounding (1e-5).
+    """
+    from slimfx.passes.rewrite import rewrite
+    from slimfx.tolerances import FLOAT32_RTOL, FLOAT64_RTOL
+
+    zero_beta = {row.name: row.mode == "zero" for row in result.report.layers}
+    oracle = oracle_masked_model(model, result.kept, zero_beta)
+    exact = rewrite(result.channel_graph, result.plan, dtype=torch.float64)
+    error = max_relative_error(exact, oracle, example_inputs)
+    assert error <= FLOAT64_RTOL, f"float64 rebuild differs from the oracle by {error:.3g}"
+    error = max_relative_error(result.module, oracle, example_inputs)
+    assert error <= FLOAT32_RTOL, f"stored weights differ from the oracle by {error:.3g}"

@@ -1,0 +1,127 @@
+"""Pass 1, trace: real VGG code, untraceable submodules, errors that name the construct."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+import slimfx
+from slimfx.models import VGG
+from slimfx.testing import randomize_batchnorm
+
+
+def test_records_shapes_of_every_tensor_node():
+    gm = slimfx.trace(VGG(depth=11), torch.randn(2, 3, 32, 32))
+    shapes = {n.name: tuple(n.meta["tensor_meta"].shape) for n in gm.graph.nodes
+              if "tensor_meta" in n.meta}
+    assert shapes["feature_0"] == (2, 64, 32, 32)
+    assert shapes["avg_pool2d"] == (2, 512, 1, 1)
+    assert shapes["classifier"] == (2, 10)
+
+
+def test_module_built_inside_forward_is_traced_into_its_function():
+    gm = slimfx.trace(VGG(depth=11), torch.randn(1, 3, 32, 32))
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert torch.nn.functional.avg_pool2d in targets
+    assert gm.meta["slimfx_trace_notes"].inlined == ["AvgPool2d constructed inside forward"]
+
+
+def test_module_with_state_built_inside_forward_is_an_error():
+    class Bad(nn.Module):
+        def forward(self, x):
+            return nn.Conv2d(3, 4, 1)(x)
+
+    with pytest.raises(slimfx.TraceError, match="constructed inside forward"):
+        slimfx.trace(Bad(), torch.randn(1, 3, 4, 4))
+
+
+class ShapeBranching(nn.Module):
+    """A submodule whose Python code branches on the input's shape."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        if x.shape[-1] > 4:
+            return self.conv(x)
+        return x
+
+
+class WithOpaque(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.block = ShapeBranching(8)
+        self.conv2 = nn.Conv2d(8, 6, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x):
+        x = self.block(torch.relu(self.bn1(self.conv1(x))))
+        return self.fc(torch.relu(self.bn2(self.conv2(x))).mean((2, 3)))
+
+
+def test_untraceable_submodule_becomes_an_opaque_leaf_with_frozen_channels():
+    model = randomize_batchnorm(WithOpaque(), seed=1)
+    x = torch.randn(2, 3, 8, 8)
+    res = slimfx.slim(model, x, 0.5)
+    notes = " ".join(res.report.notes)
+    assert "opaque leaf block" in notes and "x.shape[-1] > 4" in notes
+    assert "opaque leaf module" in " ".join(res.report.frozen)
+    assert res.module.conv1.out_channels == 8  # frozen: it feeds the opaque leaf
+    assert res.module.conv2.out_channels < 6  # the rest is still slimmed
+    assert res.report.verification_error <= 1e-9
+
+
+def test_data_dependent_control_flow_in_the_model_itself_names_the_construct():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            if x.sum() > 0:
+                return self.conv(x)
+            return x
+
+    with pytest.raises(slimfx.TraceError) as info:
+        slimfx.trace(Branchy(), torch.randn(1, 3, 4, 4))
+    message = str(info.value)
+    assert "test_trace.py" in message and "if x.sum() > 0:" in message
+    assert "Data-dependent control flow" in message
+
+
+def test_wrong_channel_count_says_what_the_model_expects():
+    with pytest.raises(slimfx.TraceError, match="expects 3 in_channels"):
+        slimfx.trace(VGG(depth=11), torch.randn(1, 4, 32, 32))
+
+
+@pytest.mark.parametrize("bad", [None, 3.0, "x", [], [torch.randn(1), 2]])
+def test_example_inputs_must_be_tensors(bad):
+    with pytest.raises(ValueError, match="example_inputs"):
+        slimfx.trace(VGG(depth=11), bad)
+
+
+def test_tuple_inputs_and_input_count():
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x, y):
+            return self.a(x) + self.a(y)
+
+    gm = slimfx.trace(Two(), (torch.randn(1, 3, 2, 2), torch.randn(1, 3, 2, 2)))
+    assert len([n for n in gm.graph.nodes if n.op == "placeholder"]) == 2
+    with pytest.raises(ValueError, match="takes 2 input"):
+        slimfx.trace(Two(), torch.randn(1, 3, 2, 2))
+
+
+def test_trace_leaves_the_model_untouched():
+    model = randomize_batchnorm(VGG(depth=11), seed=2).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    slimfx.trace(model, torch.randn(2, 3, 32, 32))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert model.training
