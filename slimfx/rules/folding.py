@@ -7,8 +7,8 @@ to every output. Folding keeps that contribution:
   ``W'[:, q] = sum_p W[:, p] * v_p / c_q`` — exact at zero-padded borders too;
 * into the bias: ``b' = b + sum_p sum_kernel W[:, p] * v_p`` — exact when nothing pads.
 
-Sums are accumulated in float64 over column chunks, so memory stays bounded by the slim
-layer, and the result is rounded once to the target dtype.
+Sums run in the target dtype over column chunks, so memory stays bounded; a float64 rebuild
+(which verification uses) is exact.
 """
 
 from __future__ import annotations
@@ -44,7 +44,15 @@ def gather(tensor: torch.Tensor, rows: np.ndarray | None, cols: np.ndarray | Non
         return tensor.index_select(1, _index(cols))
     if all_cols:
         return tensor.index_select(0, _index(rows))
-    return tensor[_index(rows)[:, None], _index(cols)]
+    if len(cols) < len(rows):
+        return tensor.index_select(1, _index(cols)).index_select(0, _index(rows))
+    return tensor.index_select(0, _index(rows)).index_select(1, _index(cols))
+
+
+def _chunks(positions: np.ndarray, rows: int, kernel: tuple) -> list[np.ndarray]:
+    per_column = max(1, rows * int(np.prod(kernel, dtype=np.int64)))
+    step = max(1, CHUNK_ELEMENTS // per_column)
+    return [positions[i : i + step] for i in range(0, len(positions), step)]
 
 
 def fold_weights(weight, bias, rows, fold, dtype):
@@ -61,7 +69,8 @@ def fold_weights(weight, bias, rows, fold, dtype):
     fold : SinkFold
         Input slicing and constants, from ``RewriteContext.sink_fold``.
     dtype : torch.dtype or None
-        Of the result (``None``: the weight's).
+        Of the result and of the arithmetic (``None``: the weight's). A float64 rebuild is
+        exact; a float32 one rounds like any float32 layer.
 
     Returns
     -------
@@ -69,37 +78,33 @@ def fold_weights(weight, bias, rows, fold, dtype):
         ``bias`` is created when a fold needs one and the layer had none.
     """
     dtype = dtype or weight.dtype
-    new_weight = gather(weight, rows, fold.kept).to(dtype)
+    source = weight.detach() if weight.dtype == dtype else weight.detach().to(dtype)
+    new_weight = gather(source, rows, fold.kept)
     new_bias = None if bias is None else gather(bias, rows).to(dtype)
     if not fold.active:
         return new_weight, new_bias
-    out_rows = new_weight.shape[0]
-    kernel = weight.shape[2:]
+    out_rows, kernel = new_weight.shape[0], tuple(source.shape[2:])
     via_carrier = fold.partner >= 0
-    columns = np.unique(fold.partner[via_carrier])
-    carrier_sum = torch.zeros((out_rows, len(columns), *kernel), dtype=torch.float64)
-    bias_sum = torch.zeros(out_rows, dtype=torch.float64)
-    scale = np.where(via_carrier, fold.value / np.where(via_carrier, fold.carrier_value, 1), 0)
-    step = max(1, CHUNK_ELEMENTS // max(1, out_rows * int(np.prod(kernel, dtype=np.int64))))
-    carried_pos = np.flatnonzero(via_carrier)
-    slots = np.searchsorted(columns, fold.partner[carried_pos])
-    for start in range(0, len(carried_pos), step):
-        part = carried_pos[start : start + step]
-        block = gather(weight, rows, fold.contrib[part]).to(torch.float64)
-        factors = torch.as_tensor(scale[part]).reshape((1, -1) + (1,) * len(kernel))
-        carrier_sum.index_add_(1, _index(slots[start : start + step]), block * factors)
-    direct_pos = np.flatnonzero(~via_carrier)
-    for start in range(0, len(direct_pos), step):
-        part = direct_pos[start : start + step]
-        block = gather(weight, rows, fold.contrib[part]).to(torch.float64)
-        if kernel:
-            block = block.reshape(block.shape[0], block.shape[1], -1).sum(2)
-        bias_sum += block @ torch.as_tensor(fold.value[part])
-    if len(columns):
-        new_weight[:, _index(columns)] = carrier_sum.to(dtype)
-    if (~via_carrier).any():
-        base = torch.zeros(out_rows, dtype=torch.float64) if bias is None else gather(bias, rows)
-        new_bias = (base.to(torch.float64) + bias_sum).to(dtype)
+    if via_carrier.any():
+        scale = fold.value / np.where(via_carrier, fold.carrier_value, 1.0)
+        for column in np.unique(fold.partner[via_carrier]):
+            total = torch.zeros((out_rows, *kernel), dtype=dtype)
+            mine = np.flatnonzero(fold.partner == column)
+            for part in _chunks(mine, out_rows, kernel):
+                block = gather(source, rows, fold.contrib[part])
+                factors = torch.as_tensor(scale[part], dtype=dtype)
+                total += (block * factors.reshape((1, -1) + (1,) * len(kernel))).sum(1)
+            new_weight[:, int(column)] = total
+    direct = np.flatnonzero(~via_carrier)
+    if len(direct):
+        extra = torch.zeros(out_rows, dtype=dtype)
+        for part in _chunks(direct, out_rows, kernel):
+            block = gather(source, rows, fold.contrib[part])
+            if kernel:
+                block = block.sum(dim=tuple(range(2, block.dim())))
+            extra += block @ torch.as_tensor(fold.value[part], dtype=dtype)
+        base = torch.zeros(out_rows, dtype=dtype) if new_bias is None else new_bias
+        new_bias = base + extra
     return new_weight, new_bias
 
 

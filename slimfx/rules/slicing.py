@@ -44,15 +44,20 @@ def sliced_shell(module: nn.Module, **tensors: torch.Tensor | None) -> nn.Module
     new._modules = OrderedDict((k, copy.deepcopy(v)) for k, v in module._modules.items())
     new._non_persistent_buffers_set = set(module._non_persistent_buffers_set)
     for name, param in module._parameters.items():
-        value = tensors.get(name, param.detach().clone() if param is not None else None)
+        if name in tensors:
+            value = tensors[name]
+        else:
+            value = None if param is None else param.detach().clone()
         if value is None:
             new._parameters[name] = None
         else:
             grad = param.requires_grad if param is not None else True
             new._parameters[name] = nn.Parameter(value.detach(), requires_grad=grad)
     for name, buf in module._buffers.items():
-        value = tensors.get(name, buf.clone() if buf is not None else None)
-        new._buffers[name] = value
+        if name in tensors:
+            new._buffers[name] = tensors[name]
+        else:
+            new._buffers[name] = None if buf is None else buf.clone()
     for name in tensors:
         if name not in module._parameters and name not in module._buffers:
             raise KeyError(f"{type(module).__name__} has no parameter or buffer {name!r}")

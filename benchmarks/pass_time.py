@@ -1,0 +1,162 @@
+"""Time and peak memory of the slimming pass, side by side with Torch-Pruning.
+
+Measures ``slimfx.slim(model, x, 0.5, verify=False)`` on torchvision vgg16_bn at 224x224 and
+the reference CIFAR VGG-19 at 32x32 and, when ``torch-pruning`` is installed, its
+``BNScalePruner`` (importance = raw |gamma|, global pruning, 50%) on the same models, in the
+same process, alternating runs. Prints medians and ratios and writes
+``benchmarks/results/pass_time.{json,md}``.
+
+Targets: slimfx at most 1/5 of Torch-Pruning's time on vgg16_bn and at most 1/2 on VGG-19;
+slimfx's peak memory at most 1.3 x (original + slim model).
+
+Peak memory is the process' resident set high-water mark (``VmHWM``), reset just before each
+measured call (``/proc/self/clear_refs``), so it is exact on Linux.
+
+Usage: ``python benchmarks/pass_time.py [--runs 5] [--out benchmarks/results]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+import slimfx
+from slimfx.io import write_text
+from slimfx.models import VGG
+from slimfx.testing import randomize_batchnorm
+
+try:
+    import torch_pruning as tp
+except ImportError:  # optional comparison
+    tp = None
+
+
+def _status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def tensor_bytes(module: torch.nn.Module) -> int:
+    tensors = list(module.parameters()) + list(module.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def measure(fn):
+    """(seconds, extra peak bytes over the resident size before the call, result)."""
+    gc.collect()
+    before = _status("VmRSS")
+    _reset_peak()
+    start = time.perf_counter()
+    result = fn()
+    seconds = time.perf_counter() - start
+    peak = _status("VmHWM") - before
+    return seconds, peak, result
+
+
+def run_slimfx(model, x):
+    return slimfx.slim(model, x, 0.5, verify=False)
+
+
+def run_torch_pruning(model, x, classifier):
+    importance = tp.importance.BNScaleImportance(normalizer=None)
+    pruner = tp.pruner.BNScalePruner(
+        model, x, importance=importance, global_pruning=True, pruning_ratio=0.5,
+        ignored_layers=[classifier],
+    )
+    pruner.step()
+    return model
+
+
+def case(name, model, x, classifier_of, runs):
+    model.eval()
+    ours, theirs, peaks = [], [], []
+    slim_bytes = None
+    for _ in range(runs):
+        seconds, peak, res = measure(lambda: run_slimfx(model, x))
+        ours.append(seconds)
+        peaks.append(peak)
+        slim_bytes = tensor_bytes(res.module)
+        del res
+        if tp is not None:
+            victim = copy.deepcopy(model)
+            seconds, _, _ = measure(lambda v=victim: run_torch_pruning(v, x, classifier_of(v)))
+            theirs.append(seconds)
+            del victim
+    original = tensor_bytes(model)
+    row = {
+        "model": name,
+        "input": list(x.shape),
+        "slimfx_s": statistics.median(ours),
+        "slimfx_min_max_s": [min(ours), max(ours)],
+        "torch_pruning_s": statistics.median(theirs) if theirs else None,
+        "time_ratio": statistics.median(ours) / statistics.median(theirs) if theirs else None,
+        "original_mb": original / 2**20,
+        "slim_mb": slim_bytes / 2**20,
+        "peak_mb": (original + max(peaks)) / 2**20,
+        "peak_over_models": (original + max(peaks)) / (original + slim_bytes),
+    }
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    cases = [
+        ("torchvision vgg16_bn", randomize_batchnorm(torchvision.models.vgg16_bn(), seed=1),
+         torch.randn(1, 3, 224, 224), lambda m: m.classifier[-1], 1 / 5),
+        ("CIFAR VGG-19", randomize_batchnorm(VGG(depth=19), seed=2),
+         torch.randn(1, 3, 32, 32), lambda m: m.classifier, 1 / 2),
+    ]
+    rows = []
+    for name, model, x, classifier_of, target in cases:
+        row = case(name, model, x, classifier_of, args.runs)
+        row["target_ratio"] = target
+        rows.append(row)
+        del model
+        gc.collect()
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    lines = [
+        f"Pass time, 50% network slimming, median of {args.runs} runs ({machine}, "
+        f"torch {torch.__version__}, torch-pruning "
+        f"{getattr(tp, '__version__', 'not installed')})",
+        "",
+        "| model | input | slimfx | Torch-Pruning | ratio (target) | peak / (orig + slim) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        tp_s = f"{r['torch_pruning_s']:.3f} s" if r["torch_pruning_s"] else "n/a"
+        ratio = f"{r['time_ratio']:.2f} (<= {r['target_ratio']:.2f})" if r["time_ratio"] else "n/a"
+        lines.append(
+            f"| {r['model']} | {'x'.join(map(str, r['input']))} | {r['slimfx_s']:.3f} s "
+            f"({r['slimfx_min_max_s'][0]:.3f}-{r['slimfx_min_max_s'][1]:.3f}) | {tp_s} | "
+            f"{ratio} | {r['peak_over_models']:.2f} (<= 1.30) |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    if tp is None:
+        print("\ntorch-pruning is not installed: install it to measure the comparison.")
+    out = Path(args.out)
+    write_text(out / "pass_time.md", table + "\n")
+    write_text(out / "pass_time.json", json.dumps({"machine": machine, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
