@@ -50,6 +50,9 @@ class SinkFold:
         into the bias.
     carrier_value : numpy.ndarray
         The carrier's value at that column (1 through the ops after its BatchNorm).
+    carrier_columns : numpy.ndarray
+        Every column (index into ``kept``) that holds a carrier; its weights are replaced by
+        the folded sums, zero when nothing is folded into it here.
     """
 
     kept: np.ndarray
@@ -57,10 +60,11 @@ class SinkFold:
     value: np.ndarray
     partner: np.ndarray
     carrier_value: np.ndarray
+    carrier_columns: np.ndarray
 
     @property
     def active(self) -> bool:
-        return len(self.contrib) > 0
+        return len(self.contrib) > 0 or len(self.carrier_columns) > 0
 
 
 class RewriteContext:
@@ -128,7 +132,7 @@ class RewriteContext:
         layout = self.layout(inp)
         if layout is None:
             empty = np.zeros(0, dtype=np.int64)
-            return SinkFold(None, empty, np.zeros(0), empty, np.zeros(0))
+            return SinkFold(None, empty, np.zeros(0), empty, np.zeros(0), empty)
         structural = self.keep.mask(layout)
         original = self.keep_original.mask(layout)
         kept = np.flatnonzero(structural)
@@ -156,7 +160,10 @@ class RewriteContext:
                 if slot is not None:
                     partner[k] = column_of[slot]
                     carrier_value[k] = cvals.value[slot]
-        return SinkFold(kept, contrib, values.value[contrib], partner, carrier_value)
+        carrier_columns = np.flatnonzero(self.carrier.mask(layout)[kept])
+        return SinkFold(
+            kept, contrib, values.value[contrib], partner, carrier_value, carrier_columns
+        )
 
     # -- writing ---------------------------------------------------------------------
     def emit(

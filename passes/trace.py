@@ -33,7 +33,9 @@ import torch.fx as fx
 from torch.fx.node import map_aggregate
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
+import slimfx.rules  # noqa: F401  (registers the rules that decide leaves)
 from slimfx.errors import TraceError
+from slimfx.rules.registry import module_rule
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +98,8 @@ class SlimTracer(fx.Tracer):
         self._opaque_ids: set[int] = set()
 
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
-        if id(m) in self._opaque_ids:
+        """torch.nn modules, modules with a slimfx rule, and opaque leaves."""
+        if id(m) in self._opaque_ids or module_rule(m) is not None:
             return True
         return super().is_leaf_module(m, module_qualified_name)
 

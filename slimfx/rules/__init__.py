@@ -3,7 +3,15 @@
 Importing this package registers every rule family.
 """
 
-from slimfx.rules import activations, arithmetic, conv, norm, pooling, shape  # noqa: F401
+from slimfx.rules import (  # noqa: F401
+    activations,
+    arithmetic,
+    conv,
+    norm,
+    pooling,
+    shape,
+    torchvision_ops,
+)
 from slimfx.rules.registry import register, registered_keys, rule_for
 
 __all__ = ["register", "registered_keys", "rule_for"]

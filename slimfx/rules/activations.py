@@ -149,7 +149,7 @@ class PReLU(ElementwiseUnary):
 
     def rewrite(self, node, ctx):
         module = ctx.module(node)
-        if module.num_parameters == 1:
+        if module.num_parameters == 1 or ctx.layout(first_input(node)) is None:
             return ctx.emit(node, module=ctx.unchanged(node))
         kept = ctx.kept(first_input(node))
         new = sliced_shell(module, weight=ctx.cast(take(module.weight, 0, kept)))

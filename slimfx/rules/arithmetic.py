@@ -43,13 +43,6 @@ def _channel_dim(operand_shape: tuple, out_rank: int) -> int | None:
     return d if d >= 0 else None
 
 
-def _attr_shape(node: fx.Node, gm: fx.GraphModule) -> tuple | None:
-    if not isinstance(node, fx.Node) or node.op != "get_attr":
-        return None
-    meta = node.meta.get("tensor_meta")
-    return tuple(meta.shape) if meta is not None else None
-
-
 @register(*ADD, *SUB, *MUL, *DIV)
 class Binary(Rule):
     """Elementwise arithmetic between tensors, parameters and scalars."""
@@ -264,9 +257,9 @@ class Split(Rule):
         return tuple(out)
 
     def rewrite(self, node, ctx):
-        if self._dim(node) != 1:
-            return ctx.emit(node)
         layouts = ctx.layout_any(node)
+        if self._dim(node) != 1 or ctx.layout(first_input(node)) is None:
+            return ctx.emit(node)
         mask = ctx.kept_mask(first_input(node))
         sizes, start = [], 0
         for lay in layouts:

@@ -75,7 +75,7 @@ class Conv(Rule):
 
     def rewrite(self, node, ctx):
         conv = ctx.module(node)
-        if _is_depthwise(conv):
+        if _is_depthwise(conv) and ctx.layout(node) is not None:
             kept = ctx.kept(node)
             bias = ctx.cast(gather(conv.bias, kept)) if conv.bias is not None else None
             new = sliced_shell(conv, weight=ctx.cast(gather(conv.weight, kept)), bias=bias)

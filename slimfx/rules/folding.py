@@ -85,9 +85,9 @@ def fold_weights(weight, bias, rows, fold, dtype):
         return new_weight, new_bias
     out_rows, kernel = new_weight.shape[0], tuple(source.shape[2:])
     via_carrier = fold.partner >= 0
-    if via_carrier.any():
+    if len(fold.carrier_columns):
         scale = fold.value / np.where(via_carrier, fold.carrier_value, 1.0)
-        for column in np.unique(fold.partner[via_carrier]):
+        for column in fold.carrier_columns:
             total = torch.zeros((out_rows, *kernel), dtype=dtype)
             mine = np.flatnonzero(fold.partner == column)
             for part in _chunks(mine, out_rows, kernel):

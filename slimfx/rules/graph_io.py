@@ -13,7 +13,7 @@ def _untracked_like(node: fx.Node):
     meta = node.meta.get("tensor_meta")
     if meta is None:
         return None
-    if isinstance(meta, tuple | list):
+    if not hasattr(meta, "shape") and isinstance(meta, tuple | list):
         return tuple(
             Layout.untracked(m.shape[1]) if hasattr(m, "shape") and len(m.shape) >= 2 else None
             for m in meta

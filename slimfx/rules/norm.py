@@ -45,6 +45,8 @@ class BatchNorm(Passthrough):
     def rewrite(self, node, ctx):
         bn = ctx.module(node)
         kept = ctx.kept(node)
+        if kept is None:
+            return ctx.emit(node, module=ctx.unchanged(node))
         carriers = torch.as_tensor(ctx.carriers(node))
         tensors = {}
         for name in ("weight", "bias", "running_mean", "running_var"):
