@@ -162,8 +162,10 @@ class AnalyzeContext:
             pos = np.flatnonzero(layout.group == gid)
             self.scorers[gid].append(Scorer(str(node.target), layout.index[pos], pos))
 
-    def add_sink(self, node: fx.Node, input_node: fx.Node, padded: bool) -> None:
-        self.sinks.append(Sink(node.name, input_node.name, padded))
+    def add_sink(
+        self, node: fx.Node, input_node: fx.Node, padded: bool, has_bias: bool = True
+    ) -> None:
+        self.sinks.append(Sink(node.name, input_node.name, padded, has_bias))
 
 
 def _op_label(node: fx.Node, gm: fx.GraphModule) -> str:

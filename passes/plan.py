@@ -21,7 +21,8 @@ Numbered cases (tests mirror them):
    a multiple of ``round_to`` by restoring its largest pruned channels, capped at the
    original width.
 5. Carrier. A zero-padded convolution sees a pruned constant channel as ``c`` inside the
-   image and ``0`` in the padding, which no bias can reproduce. One pruned channel of the
+   image and ``0`` in the padding, which no bias can reproduce; a layer without a bias has
+   nowhere to put the constant without changing its structure. One pruned channel of the
    group stays in the slim model with ``gamma = 0, beta = 1`` — the carrier, 1 inside the
    image and 0 in the padding like every constant channel — and the consumers' weights on it
    hold the sum of the pruned channels' constant contributions. The result is exact at every
@@ -206,7 +207,9 @@ class _SinkView:
             hit = pruned[index]
             v = vals[mode]
             nonzero = hit & (v.value[pos] != 0)
-            if nonzero.any() and (sink.padded or np.any(v.kind[pos][nonzero] == PATTERN)):
+            if not nonzero.any():
+                continue
+            if sink.padded or not sink.has_bias or np.any(v.kind[pos][nonzero] == PATTERN):
                 return True
         return False
 

@@ -44,11 +44,23 @@ class Scorer:
 
 @dataclass
 class Sink:
-    """An op that consumes channels and mixes them (a convolution or linear layer's input)."""
+    """An op that consumes channels and mixes them (a convolution or linear layer's input).
+
+    Attributes
+    ----------
+    node, input : str
+        The consumer and the node whose output it consumes.
+    padded : bool
+        It zero-pads its input, so a constant channel is not constant to it at the borders.
+    has_bias : bool
+        It has a bias that constants can be folded into (otherwise a carrier channel keeps
+        the layer's structure, so the slim model stays buildable from its cfg).
+    """
 
     node: str
     input: str
     padded: bool
+    has_bias: bool = True
 
 
 @dataclass

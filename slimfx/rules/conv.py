@@ -44,7 +44,7 @@ class Conv(Rule):
         in_layout = ctx.layout(inp)
         if conv.groups == 1:
             if in_layout is not None:
-                ctx.add_sink(node, inp, _is_padded(conv))
+                ctx.add_sink(node, inp, _is_padded(conv), conv.bias is not None)
             return ctx.new_group(node, conv.out_channels)
         if _is_depthwise(conv) and in_layout is not None:
             ctx.space(node, in_layout)
@@ -104,7 +104,7 @@ class Linear(Rule):
             ctx.freeze(out, f"linear layer on a rank > 2 input: {node.format_node()}")
             return out
         if in_layout is not None:
-            ctx.add_sink(node, inp, padded=False)
+            ctx.add_sink(node, inp, padded=False, has_bias=ctx.module(node).bias is not None)
         return ctx.new_group(node, ctx.module(node).out_features)
 
     def rewrite(self, node, ctx):

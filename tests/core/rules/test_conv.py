@@ -41,10 +41,12 @@ def test_conv_consumer_exact_with_and_without_padding(bias, padding, compensate,
     x = torch.randn(2, 3, size, size)
     res = slimfx.slim(model, x, 0.5, compensate=compensate)
     first = res.plan.groups["body_0"]
-    if compensate and padding > 0:
-        assert first.carrier is not None, "a zero-padded consumer needs a carrier channel"
+    if compensate and (padding > 0 or not bias):
+        # a zero-padded consumer, or one without a bias, needs a carrier channel
+        assert first.carrier is not None
     else:
         assert first.carrier is None
+    assert (res.module.body[3].bias is None) == (not bias)  # structure kept
     oracle_check(model, x, res)
 
 
@@ -92,25 +94,28 @@ def test_strided_and_dilated_convs():
         assert res.module.body[6].in_channels < 8
 
 
-def test_linear_consumer_folds_into_bias_and_creates_one_if_missing(oracle_check):
+def test_linear_consumer_folds_into_its_bias_or_a_carrier(oracle_check):
     class Mlp(nn.Module):
-        def __init__(self):
+        def __init__(self, bias):
             super().__init__()
             self.fc1 = nn.Linear(12, 16)
             self.bn = nn.BatchNorm1d(16)
-            self.fc2 = nn.Linear(16, 3, bias=False)
+            self.fc2 = nn.Linear(16, 3, bias=bias)
 
         def forward(self, x):
             return self.fc2(torch.relu(self.bn(self.fc1(x))))
 
-    model = randomize_batchnorm(Mlp(), seed=6)
-    with torch.no_grad():
-        model.bn.bias.abs_()  # positive betas: relu(beta) > 0 must be folded
     x = torch.randn(4, 12)
-    res = slimfx.slim(model, x, 0.5)
-    assert res.module.fc2.bias is not None
-    assert res.module.fc1.out_features == res.module.fc2.in_features == 8
-    oracle_check(model, x, res)
+    for bias in (True, False):
+        model = randomize_batchnorm(Mlp(bias), seed=6)
+        with torch.no_grad():
+            model.bn.bias.abs_()  # positive betas: relu(beta) > 0 must be folded
+        res = slimfx.slim(model, x, 0.5)
+        gp = res.plan.groups["fc1"]
+        assert (gp.carrier is None) == bias  # no bias to fold into: a carrier instead
+        assert (res.module.fc2.bias is None) == (not bias)
+        assert res.module.fc1.out_features == res.module.fc2.in_features == gp.width
+        oracle_check(model, x, res)
 
 
 def test_grouped_convolution_freezes_its_channels():
