@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from slimfx.cfg import vgg_cfg
+from slimfx.cfg import model_cfg
 from slimfx.channel_graph import ChannelGraph
 from slimfx.counting import count_macs, count_params
 from slimfx.errors import EquivalenceError
@@ -52,6 +52,46 @@ class SlimResult:
     channel_graph: ChannelGraph
     _model: torch.nn.Module = field(repr=False, default=None)
     _reference: torch.nn.Module | None = field(repr=False, default=None)
+
+    _example_inputs: Any = field(repr=False, default=None)
+
+    def verify(self, example_inputs: Any = None) -> float:
+        """Check the slim model against :attr:`reference` and record the errors.
+
+        Rebuilds the slim model in float64 and compares it with the masked original in
+        float64 on random inputs of the example's shapes (relative error at most 1e-9), then
+        compares the stored weights the same way (at most 1e-5, float32 rounding).
+
+        Returns
+        -------
+        float
+            The float64 relative error (also in ``report.verification_error``).
+
+        Raises
+        ------
+        EquivalenceError
+            Beyond either tolerance; the exception's ``result`` is this object.
+        """
+        example = self._example_inputs if example_inputs is None else example_inputs
+        cg, slim_plan, model = self.channel_graph, self.plan, self._model
+        state = masked_state(model, cg, slim_plan, dtype=torch.float64)
+        exact = rewrite(cg, slim_plan, dtype=torch.float64)
+        try:
+            self.report.verification_error = verify_modules(
+                exact, model, example, tolerance=FLOAT64_RTOL, reference_state=state
+            )
+            del exact
+            self.report.weights_error = verify_modules(
+                self.module, model, example, tolerance=FLOAT32_RTOL, reference_state=state
+            )
+        except EquivalenceError as exc:
+            if self.report.verification_error is None:
+                self.report.verification_error = exc.relative_error
+            else:
+                self.report.weights_error = exc.relative_error
+            exc.result = self
+            raise
+        return self.report.verification_error
 
     @property
     def reference(self) -> torch.nn.Module:
@@ -134,12 +174,12 @@ def slim(
         plan=slim_plan,
         channel_graph=cg,
         _model=model,
+        _example_inputs=example_inputs,
     )
-    widths = {row.name: row.width for row in result.report.layers}
-    result.cfg = vgg_cfg(model, widths) if vgg_cfg(model) is not None else None
+    result.cfg = model_cfg(model, module)
     result.report.cfg = result.cfg
     if verify:
-        _verify(result, model, example_inputs)
+        result.verify()
     logger.info(
         "slimmed %s: %d of %d channels pruned, params %d -> %d",
         type(model).__name__,
@@ -149,28 +189,6 @@ def slim(
         result.report.params_after,
     )
     return result
-
-
-def _verify(result: SlimResult, model: torch.nn.Module, example_inputs: Any) -> None:
-    """Exact check of the construction in float64, then of the stored weights."""
-    cg, slim_plan = result.channel_graph, result.plan
-    state = masked_state(model, cg, slim_plan, dtype=torch.float64)
-    exact = rewrite(cg, slim_plan, dtype=torch.float64)
-    try:
-        result.report.verification_error = verify_modules(
-            exact, model, example_inputs, tolerance=FLOAT64_RTOL, reference_state=state
-        )
-        del exact
-        result.report.weights_error = verify_modules(
-            result.module, model, example_inputs, tolerance=FLOAT32_RTOL, reference_state=state
-        )
-    except EquivalenceError as exc:
-        if result.report.verification_error is None:
-            result.report.verification_error = exc.relative_error
-        else:
-            result.report.weights_error = exc.relative_error
-        exc.result = result
-        raise
 
 
 def _bn_nodes(cg: ChannelGraph) -> dict[str, fx.Node]:

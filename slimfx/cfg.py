@@ -60,3 +60,21 @@ def vgg_cfg(model: nn.Module, widths: Mapping[str, int] | None = None) -> list |
         cfg.append(int(width))
         i += 3
     return cfg or None
+
+
+def model_cfg(model: nn.Module, slim: nn.Module) -> list | None:
+    """The cfg that rebuilds ``slim``'s architecture with ``model``'s class, if it has one.
+
+    Classes define ``cfg_of(module)`` (a static method) to say how; VGG-style models with a
+    ``feature``/``features`` Sequential of conv-BN-ReLU triplets get the reference cfg list.
+    Returns ``None`` for other models.
+    """
+    hook = getattr(type(model), "cfg_of", None)
+    if callable(hook):
+        return hook(slim)
+    if vgg_cfg(model) is None:
+        return None
+    widths = {
+        name: m.num_features for name, m in slim.named_modules() if isinstance(m, nn.BatchNorm2d)
+    }
+    return vgg_cfg(model, widths)
