@@ -30,6 +30,7 @@ from slimfx.passes.trace import propagate_shapes, restore_containers
 from slimfx.rules.base import node_shape
 from slimfx.rules.graph_io import Output, Placeholder, Unknown
 from slimfx.rules.registry import rule_for
+from slimfx.rules.slicing import sliced_shell
 from slimfx.values import UNKNOWN
 
 
@@ -124,7 +125,10 @@ class RewriteContext:
 
     def unchanged(self, node: fx.Node) -> torch.nn.Module:
         """An independent copy of the node's module (in the target dtype)."""
-        module = copy.deepcopy(self.module(node))
+        module = self.module(node)
+        if not module._parameters and not module._buffers and not module._modules:
+            return sliced_shell(module)  # stateless: a shallow copy is independent
+        module = copy.deepcopy(module)
         return module if self.dtype is None else module.to(self.dtype)
 
     def sink_fold(self, node: fx.Node, inp: fx.Node) -> SinkFold:

@@ -223,6 +223,21 @@ def propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> No
         ) from exc
 
 
+_SHAPE_PRESERVING = (
+    torch.nn.modules.batchnorm._BatchNorm,
+    torch.nn.ReLU,
+    torch.nn.ReLU6,
+    torch.nn.LeakyReLU,
+    torch.nn.SiLU,
+    torch.nn.Hardswish,
+    torch.nn.Hardsigmoid,
+    torch.nn.Sigmoid,
+    torch.nn.GELU,
+    torch.nn.Identity,
+    torch.nn.modules.dropout._DropoutNd,
+)
+
+
 class _NodeFailure(Exception):
     def __init__(self, node: fx.Node):
         super().__init__(node.format_node())
@@ -252,6 +267,9 @@ class _ShapeRecorder(fx.Interpreter):
 
     def call_module(self, target, args, kwargs):
         mod = self.fetch_attr(target)
+        shape_preserving = isinstance(mod, _SHAPE_PRESERVING) and len(args) == 1
+        if self.on_meta and shape_preserving and isinstance(args[0], torch.Tensor):
+            return torch.empty_like(args[0])  # same shape and dtype; skip the meta kernels
         return torch.func.functional_call(mod, self._state(mod), args, kwargs)
 
     def get_attr(self, target, args, kwargs):

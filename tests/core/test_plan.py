@@ -57,7 +57,7 @@ def test_model_without_batchnorm_is_unsupported():
 # 3. ranking ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("percent", [0.0, 0.1, 0.37, 0.5, 0.9])
 def test_exactly_int_percent_total_channels_are_pruned_globally(vgg_graph, percent):
-    model, cg = vgg_graph
+    _, cg = vgg_graph
     plan = slimfx.plan(cg, percent, compensate=False)
     total = sum(g.size for g in cg.prunable_groups)
     assert plan.total == total and plan.pruned == int(percent * total)
@@ -91,7 +91,7 @@ def test_percent_that_would_empty_layers_prunes_what_the_floor_allows(vgg_graph)
 @pytest.mark.parametrize("round_to", [2, 8, 16, 24])
 @pytest.mark.parametrize("compensate", [True, False])
 def test_widths_are_rounded_up_to_multiples(vgg_graph, round_to, compensate):
-    model, cg = vgg_graph
+    _, cg = vgg_graph
     base = slimfx.plan(cg, 0.5, compensate=compensate)
     plan = slimfx.plan(cg, 0.5, round_to=round_to, compensate=compensate)
     for name, gp in plan.groups.items():
