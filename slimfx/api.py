@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.fx as fx
 
@@ -36,6 +37,9 @@ class SlimResult:
     kept : dict
         BatchNorm qualified name → sorted kept channel indices, for every BatchNorm of a
         prunable group.
+    zeroed : dict
+        BatchNorm qualified name → pruned channels whose shift (beta) is zeroed too: the
+        channels of groups pruned without compensation.
     cfg : list or None
         For VGG-style models, the cfg list (``VGG(cfg=cfg)`` builds the slim architecture;
         a carrier channel counts in it).
@@ -46,6 +50,7 @@ class SlimResult:
 
     module: fx.GraphModule
     kept: dict[str, list[int]]
+    zeroed: dict[str, list[int]]
     cfg: list | None
     report: SlimReport
     plan: SlimPlan
@@ -169,6 +174,7 @@ def slim(
     result = SlimResult(
         module=module,
         kept=_kept_by_bn(cg, slim_plan),
+        zeroed=_zeroed_by_bn(cg, slim_plan),
         cfg=None,
         report=_report(model, cg, slim_plan, module),
         plan=slim_plan,
@@ -212,6 +218,26 @@ def _kept_by_bn(cg: ChannelGraph, slim_plan: SlimPlan) -> dict[str, list[int]]:
             continue
         kept[name] = [int(i) for i in keep.positions(layout)]
     return kept
+
+
+def _zeroed_by_bn(cg: ChannelGraph, slim_plan: SlimPlan) -> dict[str, list[int]]:
+    zero_groups = {
+        g.id
+        for g in cg.groups
+        if slim_plan.groups.get(g.name, None) is not None
+        and slim_plan.groups[g.name].mode == "zero"
+    }
+    keep = slim_plan.keep_table(cg, carriers=False)
+    zeroed: dict[str, list[int]] = {}
+    for name, node in _bn_nodes(cg).items():
+        layout = cg.layout(node)
+        if layout is None:
+            continue
+        in_zero_group = np.isin(layout.group, list(zero_groups))
+        channels = np.flatnonzero(in_zero_group & ~keep.mask(layout))
+        if len(channels):
+            zeroed[name] = [int(c) for c in channels]
+    return zeroed
 
 
 def _report(model, cg: ChannelGraph, slim_plan: SlimPlan, module: fx.GraphModule) -> SlimReport:

@@ -43,16 +43,16 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0, *, sparse: float = 0.0)
 
 
 def oracle_masked_model(
-    model: nn.Module, kept: Mapping[str, list[int]], zero_beta: Mapping[str, bool]
+    model: nn.Module, kept: Mapping[str, list[int]], zeroed: Mapping[str, list[int]]
 ) -> nn.Module:
     """A copy of ``model`` with every BatchNorm channel outside ``kept`` masked.
 
     Parameters
     ----------
     kept : mapping
-        BatchNorm name → kept channels (``SlimResult.kept``).
-    zero_beta : mapping
-        BatchNorm name → whether its betas are zeroed too (layers in ``"zero"`` mode).
+        BatchNorm name → kept channels (``SlimResult.kept``): the others get gamma 0.
+    zeroed : mapping
+        BatchNorm name → channels whose beta is zeroed too (``SlimResult.zeroed``).
     """
     masked = copy.deepcopy(model)
     with torch.no_grad():
@@ -61,8 +61,7 @@ def oracle_masked_model(
             pruned = torch.ones(bn.num_features, dtype=torch.bool)
             pruned[list(channels)] = False
             bn.weight[pruned] = 0
-            if zero_beta.get(name, False):
-                bn.bias[pruned] = 0
+            bn.bias[list(zeroed.get(name, []))] = 0
     return masked
 
 
@@ -84,8 +83,7 @@ def assert_matches_oracle(model: nn.Module, example_inputs, result) -> None:
     from slimfx.passes.rewrite import rewrite
     from slimfx.tolerances import FLOAT32_RTOL, FLOAT64_RTOL
 
-    zero_beta = {row.name: row.mode == "zero" for row in result.report.layers}
-    oracle = oracle_masked_model(model, result.kept, zero_beta)
+    oracle = oracle_masked_model(model, result.kept, result.zeroed)
     exact = rewrite(result.channel_graph, result.plan, dtype=torch.float64)
     error = max_relative_error(exact, oracle, example_inputs)
     assert error <= FLOAT64_RTOL, f"float64 rebuild differs from the oracle by {error:.3g}"
