@@ -75,7 +75,11 @@ def run_slimfx(model, x):
 def run_torch_pruning(model, x, classifier):
     importance = tp.importance.BNScaleImportance(normalizer=None)
     pruner = tp.pruner.BNScalePruner(
-        model, x, importance=importance, global_pruning=True, pruning_ratio=0.5,
+        model,
+        x,
+        importance=importance,
+        global_pruning=True,
+        pruning_ratio=0.5,
         ignored_layers=[classifier],
     )
     pruner.step()
@@ -120,10 +124,20 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     cases = [
-        ("torchvision vgg16_bn", randomize_batchnorm(torchvision.models.vgg16_bn(), seed=1),
-         torch.randn(1, 3, 224, 224), lambda m: m.classifier[-1], 1 / 5),
-        ("CIFAR VGG-19", randomize_batchnorm(VGG(depth=19), seed=2),
-         torch.randn(1, 3, 32, 32), lambda m: m.classifier, 1 / 2),
+        (
+            "torchvision vgg16_bn",
+            randomize_batchnorm(torchvision.models.vgg16_bn(), seed=1),
+            torch.randn(1, 3, 224, 224),
+            lambda m: m.classifier[-1],
+            1 / 5,
+        ),
+        (
+            "CIFAR VGG-19",
+            randomize_batchnorm(VGG(depth=19), seed=2),
+            torch.randn(1, 3, 32, 32),
+            lambda m: m.classifier,
+            1 / 2,
+        ),
     ]
     rows = []
     for name, model, x, classifier_of, target in cases:

@@ -19,6 +19,7 @@ from slimfx.errors import (
     TraceError,
     UnsupportedError,
 )
+from slimfx.export import export_onnx
 from slimfx.passes.analyze import analyze
 from slimfx.passes.plan import GroupPlan, SlimPlan, plan
 from slimfx.passes.rewrite import rewrite
@@ -42,6 +43,7 @@ __all__ = [
     "TraceError",
     "UnsupportedError",
     "analyze",
+    "export_onnx",
     "masked_reference",
     "plan",
     "rewrite",

@@ -42,6 +42,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     )
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, _file_mode(dest))
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
@@ -51,6 +52,15 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def _file_mode(dest: Path) -> int:
+    """The mode a new file gets from ``open()`` (or the mode of the file it replaces)."""
+    if dest.exists():
+        return dest.stat().st_mode & 0o7777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -1,0 +1,91 @@
+"""Shared pieces of the benchmark scripts: imports from a plain checkout, models, file names.
+
+The scripts run from an installed slimfx or from a checkout with ``PYTHONPATH=.``. In a
+checkout, ``slimfx.passes`` lives in ``passes/`` (setup.cfg maps it at install time), so
+:func:`ensure_slimfx_importable` maps it the same way before slimfx is imported.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = ("vgg19-cifar", "vgg16_bn")
+
+
+class _PassesFinder(importlib.abc.MetaPathFinder):
+    """Finds ``slimfx.passes`` in the checkout's ``passes/`` folder."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "slimfx.passes":
+            return None
+        folder = REPO / "passes"
+        return importlib.util.spec_from_file_location(
+            fullname, folder / "__init__.py", submodule_search_locations=[str(folder)]
+        )
+
+
+def ensure_slimfx_importable() -> str:
+    """Make ``import slimfx`` work from the checkout; say how slimfx was found."""
+    try:
+        import slimfx.passes
+
+        return "installed"
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("slimfx", "slimfx.passes"):
+            raise
+    for name in [n for n in sys.modules if n == "slimfx" or n.startswith("slimfx.")]:
+        del sys.modules[name]
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    sys.meta_path.insert(0, _PassesFinder())
+    import slimfx.passes  # noqa: F401
+
+    return f"checkout {REPO} (passes/ mapped to slimfx.passes)"
+
+
+def build(name: str, checkpoint: str | None = None, seed: int = 0):
+    """``(model, example input)`` for a benchmark model name of :data:`MODELS`."""
+    if name == "vgg19-cifar":
+        from slimfx.models import VGG
+
+        model, example = VGG(depth=19), torch.randn(1, 3, 32, 32)
+        if checkpoint:
+            from slimfx.checkpoint import load_checkpoint, load_into
+
+            state = load_checkpoint(checkpoint)
+            model = VGG(depth=19, cfg=state.get("cfg"))
+            load_into(model, state["state_dict"], checkpoint)
+            return model.eval(), example
+    elif name == "vgg16_bn":
+        import torchvision
+
+        model, example = torchvision.models.vgg16_bn(weights=None), torch.randn(1, 3, 224, 224)
+        if checkpoint:
+            raise ValueError("--checkpoint is only read for vgg19-cifar")
+    else:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    from slimfx.bench import synthetic_scales
+
+    return synthetic_scales(model, seed).eval(), example
+
+
+def slug(text: str) -> str:
+    """``text`` as a file-name part (``NVIDIA H100 80GB HBM3`` → ``nvidia-h100-80gb-hbm3``)."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise SystemExit(f"expected comma-separated integers, got {text!r}") from exc
+    if not values:
+        raise SystemExit(f"expected comma-separated integers, got {text!r}")
+    return values
