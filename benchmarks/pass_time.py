@@ -9,8 +9,9 @@ same process, alternating runs. Prints medians and ratios and writes
 Targets: slimfx at most 1/5 of Torch-Pruning's time on vgg16_bn and at most 1/2 on VGG-19;
 slimfx's peak memory at most 1.3 x (original + slim model).
 
-Peak memory is the process' resident set high-water mark (``VmHWM``), reset just before each
-measured call (``/proc/self/clear_refs``), so it is exact on Linux.
+Peak memory is measured in a fresh process per model: the resident set high-water mark
+(``VmHWM``), reset just before the call (``/proc/self/clear_refs``), above the resident size
+before it, plus the original model's tensors.
 
 Usage: ``python benchmarks/pass_time.py [--runs 5] [--out benchmarks/results]``
 """
@@ -23,6 +24,8 @@ import gc
 import json
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -86,22 +89,35 @@ def run_torch_pruning(model, x, classifier):
     return model
 
 
-def case(name, model, x, classifier_of, runs):
+def probe_memory(index: int) -> dict:
+    """Peak memory of one ``slim`` call, in a fresh process (run as a subprocess)."""
+    _, model, x, _, _ = CASES[index]()
     model.eval()
-    ours, theirs, peaks = [], [], []
-    slim_bytes = None
+    gc.collect()
+    _, peak, res = measure(lambda: run_slimfx(model, x))
+    return {"peak_extra": peak, "slim_bytes": tensor_bytes(res.module)}
+
+
+def case(index, name, model, x, classifier_of, runs):
+    model.eval()
+    ours, theirs = [], []
     for _ in range(runs):
-        seconds, peak, res = measure(lambda: run_slimfx(model, x))
+        seconds, _, res = measure(lambda: run_slimfx(model, x))
         ours.append(seconds)
-        peaks.append(peak)
-        slim_bytes = tensor_bytes(res.module)
         del res
         if tp is not None:
             victim = copy.deepcopy(model)
             seconds, _, _ = measure(lambda v=victim: run_torch_pruning(v, x, classifier_of(v)))
             theirs.append(seconds)
             del victim
-    original = tensor_bytes(model)
+    probe = subprocess.run(
+        [sys.executable, __file__, "--probe-memory", str(index)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    memory = json.loads(probe.stdout.strip().splitlines()[-1])
+    original, slim_bytes, peak = tensor_bytes(model), memory["slim_bytes"], memory["peak_extra"]
     row = {
         "model": name,
         "input": list(x.shape),
@@ -111,37 +127,47 @@ def case(name, model, x, classifier_of, runs):
         "time_ratio": statistics.median(ours) / statistics.median(theirs) if theirs else None,
         "original_mb": original / 2**20,
         "slim_mb": slim_bytes / 2**20,
-        "peak_mb": (original + max(peaks)) / 2**20,
-        "peak_over_models": (original + max(peaks)) / (original + slim_bytes),
+        "peak_mb": (original + peak) / 2**20,
+        "peak_over_models": (original + peak) / (original + slim_bytes),
     }
     return row
+
+
+def _vgg16_bn():
+    torch.manual_seed(0)
+    model = randomize_batchnorm(torchvision.models.vgg16_bn(), seed=1)
+    return (
+        "torchvision vgg16_bn",
+        model,
+        torch.randn(1, 3, 224, 224),
+        (lambda m: m.classifier[-1]),
+        1 / 5,
+    )
+
+
+def _cifar_vgg19():
+    torch.manual_seed(0)
+    model = randomize_batchnorm(VGG(depth=19), seed=2)
+    return "CIFAR VGG-19", model, torch.randn(1, 3, 32, 32), (lambda m: m.classifier), 1 / 2
+
+
+#: (name, model, example input, classifier of a model, target time ratio) builders.
+CASES = [_vgg16_bn, _cifar_vgg19]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--probe-memory", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.manual_seed(0)
-    cases = [
-        (
-            "torchvision vgg16_bn",
-            randomize_batchnorm(torchvision.models.vgg16_bn(), seed=1),
-            torch.randn(1, 3, 224, 224),
-            lambda m: m.classifier[-1],
-            1 / 5,
-        ),
-        (
-            "CIFAR VGG-19",
-            randomize_batchnorm(VGG(depth=19), seed=2),
-            torch.randn(1, 3, 32, 32),
-            lambda m: m.classifier,
-            1 / 2,
-        ),
-    ]
+    if args.probe_memory is not None:
+        print(json.dumps(probe_memory(args.probe_memory)))
+        return
     rows = []
-    for name, model, x, classifier_of, target in cases:
-        row = case(name, model, x, classifier_of, args.runs)
+    for index, make in enumerate(CASES):
+        name, model, x, classifier_of, target = make()
+        row = case(index, name, model, x, classifier_of, args.runs)
         row["target_ratio"] = target
         rows.append(row)
         del model
