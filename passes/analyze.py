@@ -20,6 +20,7 @@ The pass reads shapes only, never weights.
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
@@ -53,6 +54,7 @@ class AnalyzeContext:
         self.scorers: dict[int, list[Scorer]] = defaultdict(list)
         self.sinks: list[Sink] = []
         self.notes: list[str] = []
+        self.blocks: dict[int, set[int]] = defaultdict(set)
 
     # -- reading ---------------------------------------------------------------------
     def module(self, node: fx.Node):
@@ -163,9 +165,22 @@ class AnalyzeContext:
             self.scorers[gid].append(Scorer(str(node.target), layout.index[pos], pos))
 
     def add_sink(
-        self, node: fx.Node, input_node: fx.Node, padded: bool, has_bias: bool = True
+        self,
+        node: fx.Node,
+        input_node: fx.Node,
+        padded: bool,
+        has_bias: bool = True,
+        groups: int = 1,
     ) -> None:
-        self.sinks.append(Sink(node.name, input_node.name, padded, has_bias))
+        self.sinks.append(Sink(node.name, input_node.name, padded, has_bias, groups))
+
+    def require_blocks(self, node: fx.Node, layout: Layout, blocks: int) -> None:
+        """The layout's group must keep equal counts in ``blocks`` contiguous blocks."""
+        gid = layout.plain_group()
+        if gid is None:
+            self.freeze([layout], f"grouped convolution on mixed channels: {node.format_node()}")
+        else:
+            self.blocks[gid].add(int(blocks))
 
 
 def _op_label(node: fx.Node, gm: fx.GraphModule) -> str:
@@ -243,6 +258,11 @@ def _finish(ctx: AnalyzeContext) -> ChannelGraph:
         grp.frozen.extend(r for r in reasons if r not in grp.frozen)
     for pre, scorers in ctx.scorers.items():
         groups[table[pre]].scorers.extend(scorers)
+    for pre, counts in ctx.blocks.items():
+        grp = groups[table[pre]]
+        grp.blocks = math.lcm(grp.blocks, *counts)
+        if grp.size % grp.blocks:
+            grp.frozen.append(f"grouped convolutions split it into {sorted(counts)} blocks")
     layouts: dict[str, Any] = {}
     for name, lay in ctx.layouts.items():
         if isinstance(lay, Layout):

@@ -19,7 +19,8 @@ Numbered cases (tests mirror them):
    one global ranking. Ties break by graph order, then channel index.
 4. Rounding. Each group's structural width (kept channels plus a carrier) is rounded *up* to
    a multiple of ``round_to`` by restoring its largest pruned channels, capped at the
-   original width.
+   original width. Groups split into blocks by a grouped convolution keep the same number
+   of channels in every block (the top ones of each block), rounded up the same way.
 5. Carrier. A zero-padded convolution sees a pruned constant channel as ``c`` inside the
    image and ``0`` in the padding, which no bias can reproduce; a layer without a bias has
    nowhere to put the constant without changing its structure. One pruned channel of the
@@ -216,6 +217,8 @@ class _SinkView:
     def carrier_feasible(self, gid: int, mode: int) -> str | None:
         """None when a carrier reproduces every channel's value at every sink, else why."""
         for sink, _, pos, vals in self.entries.get(gid, []):
+            if sink.groups > 1:
+                return f"{sink.node} (a grouped convolution: one carrier cannot serve its groups)"
             v, c = vals[mode], vals[CARRIER]
             bad = (c.kind[pos] == UNKNOWN) | (c.value[pos] == 0)
             bad |= (v.kind[pos] == PATTERN) & (v.pattern[pos] != c.pattern[pos])
@@ -286,7 +289,10 @@ def plan(
     pruned_count = 0
     for g, mode in candidates:
         pruned = prune[g.id]
-        pruned, carrier = _round_and_carry(g, mode, pruned, scores[g.id], round_to, sinks)
+        if g.blocks > 1:
+            pruned, carrier = _balance_blocks(g, pruned, scores[g.id], round_to, min_channels), None
+        else:
+            pruned, carrier = _round_and_carry(g, mode, pruned, scores[g.id], round_to, sinks)
         kept = np.flatnonzero(~pruned)
         pruned_count += int(pruned.sum())
         groups[g.name] = GroupPlan(
@@ -323,6 +329,8 @@ def _choose_mode(g: ChannelGroup, sinks: _SinkView, compensate: bool, notes: lis
             continue
         if sinks.needs_carrier(g.id, mode, np.ones(g.size, dtype=bool)):
             blocked = sinks.carrier_feasible(g.id, mode)
+            if blocked is None and g.blocks > 1:
+                blocked = "a grouped convolution (a carrier would unbalance its groups)"
             if blocked is not None:
                 why = f"no exact carrier channel reaches {blocked}"
                 continue
@@ -360,6 +368,21 @@ def _rank(candidates, scores, percent, min_channels, total, notes) -> dict[int, 
         g = candidates[group[k]][0]
         prune[g.id][index[k]] = True
     return prune
+
+
+def _balance_blocks(g, pruned, score, round_to, min_channels) -> np.ndarray:
+    """Keep the same count in every block: the top ``k`` by score, ``k`` rounded up."""
+    size = g.size // g.blocks
+    kept = int((~pruned).sum())
+    k = max(-(-kept // g.blocks), -(-min(min_channels, g.size) // g.blocks), 1)
+    while (g.blocks * k) % round_to and k < size:
+        k += 1
+    out = np.ones(g.size, dtype=bool)
+    for b in range(g.blocks):
+        block = score[b * size : (b + 1) * size]
+        top = np.argsort(-block, kind="stable")[:k]
+        out[b * size + top] = False
+    return out
 
 
 def _round_and_carry(g, mode, pruned, score, round_to, sinks) -> tuple[np.ndarray, int | None]:

@@ -55,12 +55,16 @@ class Sink:
     has_bias : bool
         It has a bias that constants can be folded into (otherwise a carrier channel keeps
         the layer's structure, so the slim model stays buildable from its cfg).
+    groups : int
+        Convolution groups; a grouped convolution sees each input block only from its own
+        output block, so one carrier channel cannot serve it.
     """
 
     node: str
     input: str
     padded: bool
     has_bias: bool = True
+    groups: int = 1
 
 
 @dataclass
@@ -81,6 +85,9 @@ class ChannelGroup:
         BatchNorms governing the group's channels; empty when none does.
     frozen : list of str
         Why the group must keep every channel; empty when it may be pruned.
+    blocks : int
+        The channels form this many equal contiguous blocks (the groups of a grouped
+        convolution) that must each keep the same number of channels.
     """
 
     id: int
@@ -89,6 +96,7 @@ class ChannelGroup:
     members: list[str] = field(default_factory=list)
     scorers: list[Scorer] = field(default_factory=list)
     frozen: list[str] = field(default_factory=list)
+    blocks: int = 1
 
     @property
     def prunable(self) -> bool:

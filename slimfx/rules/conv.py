@@ -4,8 +4,11 @@
    (pruned ones are folded into its weights or bias) and the *producer* of a new group;
 2. depthwise convolution (``groups == in == out``): channel-wise, its output keeps the
    input's channels one to one;
-3. other grouped convolutions, and linear layers on inputs of rank > 2 (channel not in
-   dim 1): the channels they touch are frozen.
+3. other grouped convolutions: a sink and a producer whose input and output channels come
+   in ``groups`` blocks that must each keep the same number of channels, so the slim
+   convolution keeps its group count;
+4. linear layers on inputs of rank > 2 (channel not in dim 1): the channels they touch are
+   frozen.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import numpy as np
 import torch.nn as nn
 
 from slimfx.rules.base import Rule, first_input
-from slimfx.rules.folding import gather, slice_consumer
+from slimfx.rules.folding import gather, slice_consumer, slice_grouped
 from slimfx.rules.registry import register
 from slimfx.rules.slicing import sliced_shell
 from slimfx.values import EXACT, PrunedValues
@@ -49,9 +52,11 @@ class Conv(Rule):
         if _is_depthwise(conv) and in_layout is not None:
             ctx.space(node, in_layout)
             return in_layout
-        ctx.unsupported(node, [in_layout] if in_layout is not None else [], "grouped convolution")
         out = ctx.new_group(node, conv.out_channels)
-        ctx.freeze(out, f"grouped convolution: {node.format_node()}")
+        ctx.require_blocks(node, out, conv.groups)
+        if in_layout is not None:
+            ctx.require_blocks(node, in_layout, conv.groups)
+            ctx.add_sink(node, inp, _is_padded(conv), conv.bias is not None, conv.groups)
         return out
 
     def propagate(self, node, ctx):
@@ -82,7 +87,7 @@ class Conv(Rule):
             new.in_channels = new.out_channels = new.groups = len(kept)
             return ctx.emit(node, module=new)
         if conv.groups != 1:
-            return ctx.emit(node, module=ctx.unchanged(node))
+            return ctx.emit(node, module=slice_grouped(conv, node, ctx))
         return ctx.emit(node, module=slice_consumer(conv, node, ctx, "in_channels", "out_channels"))
 
 

@@ -126,3 +126,44 @@ def slice_consumer(module: nn.Module, node, ctx, in_attr: str, out_attr: str) ->
     setattr(new, in_attr, weight.shape[1])
     setattr(new, out_attr, weight.shape[0])
     return new
+
+
+def slice_grouped(conv: nn.Module, node, ctx) -> nn.Module:
+    """A grouped convolution keeping its group count: each block keeps as many channels.
+
+    Output block ``b`` sees only input block ``b``; pruned inputs' constants are folded into
+    the bias of their own block's outputs (the plan allows no carrier for such groups and
+    no constant at a zero-padded grouped convolution).
+    """
+    groups = conv.groups
+    rows = ctx.kept(node)
+    fold = ctx.sink_fold(node, node.args[0])
+    size_in, size_out = conv.in_channels // groups, conv.out_channels // groups
+    cols = fold.kept if fold.kept is not None else np.arange(conv.in_channels)
+    dtype = ctx.dtype or conv.weight.dtype
+    source = conv.weight.detach().to(dtype)
+    weights, extra = [], torch.zeros(len(rows), dtype=dtype)
+    contrib_block = fold.contrib // size_in
+    for b in range(groups):
+        rows_b = rows[(rows >= b * size_out) & (rows < (b + 1) * size_out)]
+        cols_b = cols[(cols >= b * size_in) & (cols < (b + 1) * size_in)] - b * size_in
+        weights.append(gather(source, rows_b, cols_b))
+        mine = np.flatnonzero(contrib_block == b)
+        if len(mine):
+            block = gather(source, rows_b, fold.contrib[mine] - b * size_in)
+            block = block.reshape(block.shape[0], block.shape[1], -1).sum(2)
+            start = int(np.searchsorted(rows, b * size_out))
+            extra[start : start + len(rows_b)] += block @ torch.as_tensor(
+                fold.value[mine], dtype=dtype
+            )
+    counts = {w.shape for w in weights}
+    if len(counts) != 1:
+        raise AssertionError(f"{node.name}: blocks keep different widths {sorted(counts)}")
+    weight = torch.cat(weights, 0)
+    bias = None if conv.bias is None else gather(conv.bias, rows).to(dtype)
+    if len(fold.contrib):
+        bias = extra if bias is None else bias + extra
+    new = sliced_shell(conv, weight=weight, bias=bias)
+    new.in_channels = weight.shape[1] * groups
+    new.out_channels = weight.shape[0]
+    return new

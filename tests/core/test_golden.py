@@ -51,6 +51,9 @@ def test_torchvision_vgg_bn(name):
         assert res.report.weights_error <= 1e-5
         assert len(res.kept) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
         assert res.module.classifier[0].in_features == 49 * res.module.features[-3].num_features
-        assert res.cfg is not None and len(res.cfg) == len(torchvision.models.vgg.cfgs[
-            {"vgg11_bn": "A", "vgg13_bn": "B", "vgg16_bn": "D", "vgg19_bn": "E"}[name]])
+        assert res.cfg is not None and len(res.cfg) == len(
+            torchvision.models.vgg.cfgs[
+                {"vgg11_bn": "A", "vgg13_bn": "B", "vgg16_bn": "D", "vgg19_bn": "E"}[name]
+            ]
+        )
     assert res.report.params_after < res.report.params_before

@@ -62,8 +62,9 @@ def test_exactly_int_percent_total_channels_are_pruned_globally(vgg_graph, perce
     total = sum(g.size for g in cg.prunable_groups)
     assert plan.total == total and plan.pruned == int(percent * total)
     gammas = np.concatenate([group_scores(cg, g) for g in cg.prunable_groups])
-    kept = np.concatenate([
-        group_scores(cg, g)[plan.groups[g.name].kept] for g in cg.prunable_groups])
+    kept = np.concatenate(
+        [group_scores(cg, g)[plan.groups[g.name].kept] for g in cg.prunable_groups]
+    )
     pruned_max = plan.threshold if plan.pruned else -np.inf
     assert np.all(kept >= pruned_max)  # global ranking: every kept |gamma| >= every pruned
     assert len(gammas) == total

@@ -50,10 +50,14 @@ def architectures(draw):
             pool = "none"
         blocks.append(
             dict(
-                width=width, k=k, pad=pad, bias=draw(st.booleans()),
+                width=width,
+                k=k,
+                pad=pad,
+                bias=draw(st.booleans()),
                 bn=draw(st.sampled_from(["before", "before", "after"])),
                 act=draw(st.sampled_from(sorted(ACTIVATIONS))),
-                pool=pool, dropout=draw(st.booleans()),
+                pool=pool,
+                dropout=draw(st.booleans()),
             )
         )
         if pool in ("max", "avg"):
@@ -64,9 +68,16 @@ def architectures(draw):
             spatial = (spatial - 1) // 2 + 1
         channels = width
     head = draw(st.sampled_from(["flatten", "view", "gap", "mean", "mlp"]))
-    return dict(in_ch=in_ch, size=size, blocks=blocks, head=head, spatial=spatial,
-                hidden=draw(st.integers(3, 12)), classes=draw(st.integers(2, 5)),
-                last=channels)
+    return dict(
+        in_ch=in_ch,
+        size=size,
+        blocks=blocks,
+        head=head,
+        spatial=spatial,
+        hidden=draw(st.integers(3, 12)),
+        classes=draw(st.integers(2, 5)),
+        last=channels,
+    )
 
 
 class RandomNet(nn.Module):
@@ -135,7 +146,11 @@ def test_random_vgg_like_models_slim_exactly_in_both_modes(
     x = torch.randn(2, arch["in_ch"], arch["size"], arch["size"])
     for compensate in (True, False):
         res = slimfx.slim(
-            model, x, percent, round_to=round_to, min_channels=min_channels,
+            model,
+            x,
+            percent,
+            round_to=round_to,
+            min_channels=min_channels,
             compensate=compensate,
         )
         assert res.report.verification_error <= 1e-9

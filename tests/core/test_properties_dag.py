@@ -14,12 +14,24 @@ from hypothesis import strategies as st
 import slimfx
 from slimfx.testing import assert_matches_oracle, randomize_batchnorm
 
-BLOCKS = ["plain", "residual", "residual-proj", "dense", "inception", "separable", "gate", "pool"]
+BLOCKS = [
+    "plain",
+    "residual",
+    "residual-proj",
+    "dense",
+    "inception",
+    "separable",
+    "gate",
+    "pool",
+    "grouped",
+]
 
 
 def conv_bn(cin, cout, k=3, act=True, groups=1):
-    layers = [nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=False),
-              nn.BatchNorm2d(cout)]
+    layers = [
+        nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    ]
     return nn.Sequential(*layers, nn.ReLU()) if act else nn.Sequential(*layers)
 
 
@@ -52,6 +64,11 @@ class Block(nn.Module):
             self.dw = conv_bn(cin, cin, k=3, groups=cin)
             self.pw = conv_bn(cin, width, k=1)
             self.out = width
+        elif kind == "grouped":  # a ResNeXt-style bottleneck with a grouped 3x3
+            self.a = conv_bn(cin, 2 * width, k=1)
+            self.b = conv_bn(2 * width, 2 * width, k=3, groups=2)
+            self.c = conv_bn(2 * width, cin, k=1, act=False)
+            self.out = cin
         elif kind == "gate":
             self.a = conv_bn(cin, width)
             self.fc1 = nn.Conv2d(width, 3, 1)
@@ -74,6 +91,8 @@ class Block(nn.Module):
             return torch.cat([self.a(x), self.b(x)], 1)
         if k == "separable":
             return self.pw(self.dw(x))
+        if k == "grouped":
+            return F.relu(x + self.c(self.b(self.a(x))))
         if k == "gate":
             y = self.a(x)
             s = torch.sigmoid(self.fc2(F.relu(self.fc1(y.mean((2, 3), keepdim=True)))))
@@ -115,13 +134,15 @@ class Net(nn.Module):
 def test_random_dag_models_slim_exactly_in_both_modes(
     kinds, data, head, seed, percent, round_to, group_score
 ):
-    widths = data.draw(st.lists(st.integers(2, 8), min_size=len(kinds) + 1,
-                                max_size=len(kinds) + 1))
+    widths = data.draw(
+        st.lists(st.integers(2, 8), min_size=len(kinds) + 1, max_size=len(kinds) + 1)
+    )
     model = randomize_batchnorm(Net(kinds, widths, head), seed=seed, sparse=0.3)
     x = torch.randn(2, 3, 8, 8)
     for compensate in (True, False):
-        res = slimfx.slim(model, x, percent, round_to=round_to, compensate=compensate,
-                          group_score=group_score)
+        res = slimfx.slim(
+            model, x, percent, round_to=round_to, compensate=compensate, group_score=group_score
+        )
         assert res.report.verification_error <= 1e-9
         for gp in res.plan.groups.values():
             assert len(gp.kept) >= 1

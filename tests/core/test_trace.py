@@ -11,8 +11,11 @@ from slimfx.testing import randomize_batchnorm
 
 def test_records_shapes_of_every_tensor_node():
     gm = slimfx.trace(VGG(depth=11), torch.randn(2, 3, 32, 32))
-    shapes = {n.name: tuple(n.meta["tensor_meta"].shape) for n in gm.graph.nodes
-              if "tensor_meta" in n.meta}
+    shapes = {
+        n.name: tuple(n.meta["tensor_meta"].shape)
+        for n in gm.graph.nodes
+        if "tensor_meta" in n.meta
+    }
     assert shapes["feature_0"] == (2, 64, 32, 32)
     assert shapes["avg_pool2d"] == (2, 512, 1, 1)
     assert shapes["classifier"] == (2, 10)

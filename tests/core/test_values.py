@@ -7,8 +7,11 @@ from slimfx.values import EXACT, PATTERN, UNKNOWN, PrunedValues, combine_add, co
 
 def pv(value, kind, pattern=None):
     value = np.array(value, dtype=float)
-    return PrunedValues(value, np.array(kind, dtype=np.int8),
-                        np.zeros(len(value), np.int64) if pattern is None else np.array(pattern))
+    return PrunedValues(
+        value,
+        np.array(kind, dtype=np.int8),
+        np.zeros(len(value), np.int64) if pattern is None else np.array(pattern),
+    )
 
 
 def test_zero_pattern_is_exact_and_nan_is_unknown():

@@ -5,8 +5,10 @@ import torch
 
 import slimfx
 from slimfx.models import VGG
-from slimfx.models.densenet import DenseNet, default_cfg as densenet_cfg
-from slimfx.models.preresnet import PreResNet, default_cfg as preresnet_cfg
+from slimfx.models.densenet import DenseNet
+from slimfx.models.densenet import default_cfg as densenet_cfg
+from slimfx.models.preresnet import PreResNet
+from slimfx.models.preresnet import default_cfg as preresnet_cfg
 from slimfx.testing import assert_matches_oracle, randomize_batchnorm
 
 

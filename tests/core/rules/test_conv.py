@@ -1,5 +1,6 @@
 """Rule family: convolutions and linear layers (sinks and producers), carriers, folding."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -118,14 +119,42 @@ def test_linear_consumer_folds_into_its_bias_or_a_carrier(oracle_check):
         oracle_check(model, x, res)
 
 
-def test_grouped_convolution_freezes_its_channels():
-    grouped = [nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.BatchNorm2d(8), nn.ReLU()]
-    model = randomize_batchnorm(Chain(block(3, 8) + grouped + block(8, 6), 6 * 4 * 4), seed=7)
-    res = slimfx.slim(model, torch.randn(1, 3, 4, 4), 0.3)
-    frozen = " ".join(res.report.frozen)
-    assert "grouped convolution" in frozen
-    assert res.module.body[3].groups == 2 and res.module.body[3].in_channels == 8
-    assert res.module.body[6].out_channels < 6
+@pytest.mark.parametrize("groups", [2, 4])
+@pytest.mark.parametrize("compensate", [True, False])
+def test_grouped_convolution_keeps_its_group_count(groups, compensate, oracle_check):
+    grouped = [
+        nn.Conv2d(8, 12, 3, padding=1, groups=groups, bias=False),
+        nn.BatchNorm2d(12),
+        nn.ReLU(),
+    ]
+    model = randomize_batchnorm(Chain(block(3, 8) + grouped + block(12, 6), 6 * 4 * 4), seed=7)
+    x = torch.randn(2, 3, 4, 4)
+    res = slimfx.slim(model, x, 0.5, compensate=compensate)
+    conv = res.module.body[3]
+    assert conv.groups == groups
+    assert conv.in_channels % groups == 0 and conv.out_channels % groups == 0
+    assert conv.in_channels < 8 or conv.out_channels < 12
+    for name, size in (("body_0", 8), ("body_3", 12)):
+        kept = np.array(res.plan.groups[name].kept)
+        per_block = np.bincount(kept // (size // groups), minlength=groups)
+        assert len(set(per_block)) == 1, per_block  # every block keeps as many channels
+    oracle_check(model, x, res)
+
+
+def test_depthwise_with_channel_multiplier_keeps_inputs_and_balances_outputs(oracle_check):
+    layers = [
+        *block(3, 4),
+        nn.Conv2d(4, 8, 3, padding=1, groups=4, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        *block(8, 5, 1, 0),
+    ]
+    model = randomize_batchnorm(Chain(layers, 5 * 16), seed=9)
+    x = torch.randn(2, 3, 4, 4)
+    res = slimfx.slim(model, x, 0.4)
+    conv = res.module.body[3]
+    assert conv.groups == 4 and conv.in_channels == 4  # one input per group: all kept
+    oracle_check(model, x, res)
 
 
 def test_depthwise_convolution_is_channel_wise(oracle_check):
