@@ -33,6 +33,30 @@ def _is_all(positions: np.ndarray | None, size: int) -> bool:
     )
 
 
+def _run_length(cols: np.ndarray, size: int) -> int:
+    """``k`` when ``cols`` are whole aligned runs ``c*k .. c*k+k-1`` (a flatten's features)."""
+    if len(cols) < 2:
+        return 1
+    breaks = np.flatnonzero(np.diff(cols) != 1)
+    k = int(breaks[0]) + 1 if len(breaks) else len(cols)
+    if k == 1 or size % k or len(cols) % k:
+        return 1
+    runs = cols.reshape(-1, k)
+    if np.all(runs[:, 0] % k == 0) and np.all(np.diff(runs, axis=1) == 1):
+        return k
+    return 1
+
+
+def _select_columns(tensor: torch.Tensor, cols: np.ndarray) -> torch.Tensor:
+    """``tensor[:, cols]``, copying whole runs at once when the columns come in runs."""
+    k = _run_length(cols, tensor.shape[1])
+    if k == 1:
+        return tensor.index_select(1, _index(cols))
+    blocks = tensor.reshape(tensor.shape[0], tensor.shape[1] // k, k, *tensor.shape[2:])
+    picked = blocks.index_select(1, _index(cols[::k] // k))
+    return picked.reshape(tensor.shape[0], len(cols), *tensor.shape[2:])
+
+
 def gather(tensor: torch.Tensor, rows: np.ndarray | None, cols: np.ndarray | None = None):
     """``tensor[rows][:, cols]`` in one copy (``None`` or every index: the whole axis)."""
     tensor = tensor.detach()
@@ -41,12 +65,10 @@ def gather(tensor: torch.Tensor, rows: np.ndarray | None, cols: np.ndarray | Non
     if all_rows and all_cols:
         return tensor.clone()
     if all_rows:
-        return tensor.index_select(1, _index(cols))
+        return _select_columns(tensor, cols)
     if all_cols:
         return tensor.index_select(0, _index(rows))
-    if len(cols) < len(rows):
-        return tensor.index_select(1, _index(cols)).index_select(0, _index(rows))
-    return tensor.index_select(0, _index(rows)).index_select(1, _index(cols))
+    return _select_columns(tensor.index_select(0, _index(rows)), cols)
 
 
 def _chunks(positions: np.ndarray, rows: int, kernel: tuple) -> list[np.ndarray]:
