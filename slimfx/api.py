@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from slimfx.cfg import model_cfg
+from slimfx.cfg import slim_cfg
 from slimfx.channel_graph import ChannelGraph
 from slimfx.counting import count_macs, count_params
 from slimfx.errors import EquivalenceError
@@ -182,7 +182,7 @@ def slim(
         _model=model,
         _example_inputs=example_inputs,
     )
-    result.cfg = model_cfg(model, module)
+    result.cfg = slim_cfg(model, module)
     result.report.cfg = result.cfg
     if verify:
         result.verify()

@@ -62,7 +62,7 @@ def vgg_cfg(model: nn.Module, widths: Mapping[str, int] | None = None) -> list |
     return cfg or None
 
 
-def model_cfg(model: nn.Module, slim: nn.Module) -> list | None:
+def slim_cfg(model: nn.Module, slim: nn.Module) -> list | None:
     """The cfg that rebuilds ``slim``'s architecture with ``model``'s class, if it has one.
 
     Classes define ``cfg_of(module)`` (a static method) to say how; VGG-style models with a
