@@ -24,7 +24,6 @@ import copy
 import logging
 import os
 import traceback
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +34,7 @@ from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 import slimfx.rules  # noqa: F401  (registers the rules that decide leaves)
 from slimfx.errors import TraceError
+from slimfx.numerics import as_input_tuple
 from slimfx.rules.registry import module_rule
 
 logger = logging.getLogger(__name__)
@@ -63,20 +63,6 @@ class TraceNotes:
         out = [f"opaque leaf {name}: {why}" for name, why in self.opaque.items()]
         out += [f"traced through {what}" for what in self.inlined]
         return out
-
-
-def as_input_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
-    """Normalise ``example_inputs`` (a tensor or a tuple/list of tensors) to a tuple."""
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    if isinstance(example_inputs, Sequence) and not isinstance(example_inputs, str):
-        items = tuple(example_inputs)
-        if items and all(isinstance(t, torch.Tensor) for t in items):
-            return items
-    raise ValueError(
-        "example_inputs must be a tensor or a tuple of tensors, "
-        f"got {type(example_inputs).__name__}"
-    )
 
 
 def _user_frame(exc: BaseException) -> str:

@@ -10,19 +10,17 @@ training flags are restored afterwards.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils._pytree import tree_leaves
 
 from slimfx.channel_graph import ChannelGraph
 from slimfx.errors import EquivalenceError
+from slimfx.numerics import as_input_tuple, eval_mode, relative_error
 from slimfx.passes.plan import SlimPlan
-from slimfx.passes.trace import as_input_tuple
 from slimfx.tolerances import FLOAT64_RTOL
 
 
@@ -85,19 +83,6 @@ def _state(module: torch.nn.Module, dtype: torch.dtype | None) -> dict[str, torc
     return out
 
 
-@contextlib.contextmanager
-def inference_mode_of(*modules: torch.nn.Module):
-    """Put modules in eval mode and restore every submodule's training flag afterwards."""
-    saved = [(m, m.training) for module in modules for m in module.modules()]
-    try:
-        for module in modules:
-            module.eval()
-        yield
-    finally:
-        for m, flag in saved:
-            m.training = flag
-
-
 def random_inputs(example_inputs: Any, seed: int, dtype=torch.float64) -> tuple:
     """Fresh standard-normal inputs of the example's shapes (non-float inputs are reused)."""
     generator = torch.Generator().manual_seed(seed)
@@ -110,29 +95,10 @@ def random_inputs(example_inputs: Any, seed: int, dtype=torch.float64) -> tuple:
     return tuple(out)
 
 
-def relative_error(a: Any, b: Any) -> float:
-    """``max|a - b| / max|b|`` over every tensor of two outputs of the same structure."""
-    leaves_a, leaves_b = tree_leaves(a), tree_leaves(b)
-    if len(leaves_a) != len(leaves_b):
-        return float("inf")
-    diff, scale = 0.0, 0.0
-    for x, y in zip(leaves_a, leaves_b, strict=True):
-        if not isinstance(x, torch.Tensor):
-            continue
-        if x.shape != y.shape:
-            return float("inf")
-        x, y = x.double(), y.double()
-        diff = max(diff, float((x - y).abs().max()) if x.numel() else 0.0)
-        scale = max(scale, float(y.abs().max()) if y.numel() else 0.0)
-    if not np.isfinite(diff):
-        return float("inf")
-    return diff / scale if scale > 0 else diff
-
-
 def run_float64(module: torch.nn.Module, inputs: tuple, state: dict | None = None) -> Any:
     """``module(*inputs)`` with every floating parameter and buffer in float64."""
     state = _state(module, torch.float64) if state is None else state
-    with torch.no_grad(), inference_mode_of(module):
+    with torch.no_grad(), eval_mode(module):
         return torch.func.functional_call(module, state, inputs)
 
 

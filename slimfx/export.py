@@ -41,15 +41,9 @@ from typing import Any
 import torch
 
 from slimfx.errors import EquivalenceError, SlimfxError
-from slimfx.export_check import (
-    as_input_tuple,
-    check_onnx,
-    eval_mode,
-    flatten_outputs,
-    relative_error,
-    resize_batch,
-)
+from slimfx.export_check import check_onnx, flatten_outputs, resize_batch
 from slimfx.io import atomic_path
+from slimfx.numerics import as_input_tuple, eval_mode, relative_error
 from slimfx.tolerances import ONNX_RTOL
 
 __all__ = [

@@ -7,31 +7,15 @@ compared with the module's within a relative tolerance.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
-from collections.abc import Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from slimfx.errors import EquivalenceError, SlimfxError
+from slimfx.numerics import relative_error
 from slimfx.tolerances import ONNX_RTOL
-
-
-def as_input_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
-    """``example_inputs`` as a tuple of tensors with a batch dimension (else ``ValueError``)."""
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
-    if not isinstance(inputs, Sequence) or not inputs:
-        raise ValueError("example_inputs must be a tensor or a non-empty sequence of tensors")
-    inputs = tuple(inputs)
-    for k, value in enumerate(inputs):
-        if not isinstance(value, torch.Tensor):
-            raise ValueError(f"example input {k} is a {type(value).__name__}, not a tensor")
-        if value.dim() == 0:
-            raise ValueError(f"example input {k} is a scalar; dimension 0 must be the batch")
-    return inputs
 
 
 def resize_batch(inputs: tuple[torch.Tensor, ...], batch: int, seed: int = 0) -> tuple:
@@ -122,19 +106,6 @@ def check_onnx(
     return error, batch, time.perf_counter() - start, opset
 
 
-def relative_error(got: np.ndarray, want: np.ndarray) -> float:
-    """``max|got - want| / max|want|`` in float64 (the absolute error where ``want`` is 0)."""
-    got = np.asarray(got, dtype=np.float64)
-    want = np.asarray(want, dtype=np.float64)
-    if want.size == 0:
-        return 0.0
-    diff = float(np.max(np.abs(got - want)))
-    scale = float(np.max(np.abs(want)))
-    if not np.isfinite(diff):
-        return float("inf")
-    return diff / scale if scale > 0 else diff
-
-
 def flatten_outputs(value: Any) -> list[torch.Tensor]:
     """The tensors of a module's output (tensor, tuple/list or dict of them), in order."""
     if isinstance(value, torch.Tensor):
@@ -144,18 +115,6 @@ def flatten_outputs(value: Any) -> list[torch.Tensor]:
     if isinstance(value, dict):
         return [t for key in value for t in flatten_outputs(value[key])]
     raise SlimfxError(f"cannot export an output of type {type(value).__name__}")
-
-
-@contextlib.contextmanager
-def eval_mode(module: torch.nn.Module) -> Iterator[None]:
-    """Put every submodule in eval mode; restore each one's mode afterwards."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def _default_opset(model) -> int:

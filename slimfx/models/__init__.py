@@ -76,7 +76,10 @@ def build_model(arch: str, depth: int, dataset: str, cfg: list | None = None) ->
             f"--depth {depth} is not available for {arch}; choose one of "
             f"{', '.join(map(str, depths))}"
         )
-    return MODEL_BUILDERS[arch](depth, dataset, cfg)
+    try:
+        return MODEL_BUILDERS[arch](depth, dataset, cfg)
+    except ValueError as exc:
+        raise ValueError(f"--arch {arch} --depth {depth}: {exc}") from exc
 
 
 __all__ = [

@@ -63,7 +63,8 @@ def test_export_original_training_checkpoint(tmp_path):
     [
         (["--model", "missing.pth"], "no checkpoint found"),
         (["--model", "{folder}/pruned.pth", "--opset", "2"], "opset"),
-        (["--model", "{folder}/model.pth", "--arch", "resnet"], "--arch"),
+        (["--model", "{folder}/model.pth", "--arch", "mobilenet"], "--arch"),
+        (["--model", "{folder}/model.pth", "--arch", "resnet"], "--arch resnet --depth 19"),
     ],
 )
 def test_export_user_errors_are_one_line(checkpoints, tmp_path, capsys, args, message):

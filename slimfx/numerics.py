@@ -1,0 +1,72 @@
+"""Small shared helpers for running and comparing models: inputs, modes, errors."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils._pytree import tree_leaves
+
+
+def as_input_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
+    """``example_inputs`` (a tensor or a sequence of tensors) as a tuple, else ``ValueError``."""
+    if isinstance(example_inputs, torch.Tensor):
+        inputs: Any = (example_inputs,)
+    else:
+        inputs = example_inputs
+    if isinstance(inputs, str | bytes) or not isinstance(inputs, Sequence) or not inputs:
+        raise ValueError(
+            "example_inputs must be a tensor or a non-empty tuple of tensors, "
+            f"got {type(example_inputs).__name__}"
+        )
+    inputs = tuple(inputs)
+    for k, value in enumerate(inputs):
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"example_inputs: input {k} is a {type(value).__name__}, not a tensor")
+        if value.dim() == 0:
+            raise ValueError(f"example_inputs: input {k} is a scalar; dimension 0 is the batch")
+    return inputs
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: torch.nn.Module) -> Iterator[None]:
+    """Put modules in eval mode; restore every submodule's training flag afterwards."""
+    saved = [(m, m.training) for module in modules for m in module.modules()]
+    try:
+        for module in modules:
+            module.eval()
+        yield
+    finally:
+        for m, training in saved:
+            m.training = training
+
+
+def relative_error(got: Any, want: Any) -> float:
+    """``max|got - want| / max|want|`` over all tensors or arrays of two outputs, in float64.
+
+    The outputs may be tensors, arrays or nested tuples/lists/dicts of them. The absolute
+    error is returned where ``want`` is all zero; ``inf`` for a shape mismatch or a
+    non-finite difference.
+    """
+    leaves_got, leaves_want = tree_leaves(got), tree_leaves(want)
+    if len(leaves_got) != len(leaves_want):
+        return float("inf")
+    diff, scale = 0.0, 0.0
+    for a, b in zip(leaves_got, leaves_want, strict=True):
+        if isinstance(a, torch.Tensor):
+            a = a.detach().cpu().double().numpy()
+        if isinstance(b, torch.Tensor):
+            b = b.detach().cpu().double().numpy()
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        if a.shape != b.shape:
+            return float("inf")
+        if b.size == 0:
+            continue
+        diff = max(diff, float(np.max(np.abs(a - b))))
+        scale = max(scale, float(np.max(np.abs(b))))
+    if not np.isfinite(diff):
+        return float("inf")
+    return diff / scale if scale > 0 else diff
