@@ -9,10 +9,10 @@ between this class and the reference ``vgg`` class; ``VGG(cfg=pruned["cfg"])`` l
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
+
+from slimfx.models.init import reference_init
 
 DEFAULT_CFG: dict[int, list] = {
     11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],
@@ -116,18 +116,7 @@ class VGG(nn.Module):
         return self.classifier(x)
 
     def _initialize_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                m.weight.data.normal_(0, math.sqrt(2.0 / n))
-                if m.bias is not None:
-                    m.bias.data.zero_()
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.data.fill_(0.5)
-                m.bias.data.zero_()
-            elif isinstance(m, nn.Linear):
-                m.weight.data.normal_(0, 0.01)
-                m.bias.data.zero_()
+        reference_init(self, linear_std=0.01)
 
 
 def vgg(dataset: str = "cifar10", depth: int = 19, init_weights: bool = True, cfg=None) -> VGG:

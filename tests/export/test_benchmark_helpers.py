@@ -47,7 +47,8 @@ def test_scripts_run_from_a_checkout_without_installing():
 
 @pytest.fixture
 def peer(monkeypatch):
-    pytest.importorskip("torch_pruning", reason="torch-pruning is optional")
+    import torch_pruning  # noqa: F401  (the peer tool: installed with the test extra)
+
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import torch_pruning_peer
 
