@@ -216,6 +216,7 @@ def analyze(gm: fx.GraphModule, *, strict: bool = False) -> ChannelGraph:
         raise ValueError("analyze needs a GraphModule with shapes: use slimfx.trace()")
     ctx = AnalyzeContext(gm, strict)
     placeholder, output, get_attr, unknown = Placeholder(), Output(), GetAttr(), Unknown()
+    shared = _shared_modules(gm)
     for node in gm.graph.nodes:
         if node.op == "placeholder":
             rule = placeholder
@@ -229,7 +230,27 @@ def analyze(gm: fx.GraphModule, *, strict: bool = False) -> ChannelGraph:
         else:
             rule = rule_for(node, gm) or unknown
         ctx.layouts[node.name] = rule.analyze(node, ctx)
+        if node.op == "call_module" and node.target in shared:
+            touched = ctx.layouts_in((node.args, node.kwargs)) + ctx.layouts_in([node])
+            reason = f"module {node.target} is called more than once (shared weights)"
+            ctx.freeze(touched, reason)
     return _finish(ctx)
+
+
+def _shared_modules(gm: fx.GraphModule) -> set[str]:
+    """Modules with parameters or buffers that more than one node calls."""
+    calls: dict[str, int] = defaultdict(int)
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[str(node.target)] += 1
+    shared = set()
+    for target, count in calls.items():
+        module = gm.get_submodule(target)
+        has_state = next(module.parameters(), None) is not None
+        has_state = has_state or next(module.buffers(), None) is not None
+        if count > 1 and has_state:
+            shared.add(target)
+    return shared
 
 
 def _finish(ctx: AnalyzeContext) -> ChannelGraph:
