@@ -171,11 +171,20 @@ def gammas(cg: ChannelGraph, module_name: str) -> np.ndarray:
     return weight
 
 
-def group_scores(cg: ChannelGraph, group: ChannelGroup, how: str = "mean") -> np.ndarray:
-    """Score of every channel of ``group``: its BatchNorms' |gamma| aggregated by ``how``."""
+def group_scores(
+    cg: ChannelGraph, group: ChannelGroup, how: str = "mean", cache: dict | None = None
+) -> np.ndarray:
+    """Score of every channel of ``group``: its BatchNorms' |gamma| aggregated by ``how``.
+
+    ``cache`` (BatchNorm name → |gamma|) saves reading a BatchNorm shared by several groups
+    more than once.
+    """
+    cache = {} if cache is None else cache
     stacked = np.full((len(group.scorers), group.size), np.nan)
     for row, scorer in enumerate(group.scorers):
-        stacked[row, scorer.group_index] = gammas(cg, scorer.module)[scorer.bn_channel]
+        if scorer.module not in cache:
+            cache[scorer.module] = gammas(cg, scorer.module)
+        stacked[row, scorer.group_index] = cache[scorer.module][scorer.bn_channel]
     with np.errstate(all="ignore"):
         agg = {"mean": np.nanmean, "sum": np.nansum, "max": np.nanmax}[how](stacked, axis=0)
     return np.nan_to_num(agg, nan=0.0)
@@ -282,7 +291,8 @@ def plan(
             "network slimming needs BatchNorm layers whose channels can be removed; every "
             "BatchNorm-governed group is frozen: " + "; ".join(reasons[:5])
         )
-    scores = {g.id: group_scores(cg, g, group_score) for g, _ in candidates}
+    read: dict[str, np.ndarray] = {}
+    scores = {g.id: group_scores(cg, g, group_score, read) for g, _ in candidates}
     total = sum(g.size for g, _ in candidates)
     prune = _rank(candidates, scores, percent, min_channels, total, notes)
     groups: dict[str, GroupPlan] = {}

@@ -36,6 +36,7 @@ import slimfx.rules  # noqa: F401  (registers the rules that decide leaves)
 from slimfx.errors import TraceError
 from slimfx.numerics import as_input_tuple
 from slimfx.rules.registry import module_rule
+from slimfx.validation import expected_input
 
 logger = logging.getLogger(__name__)
 
@@ -205,8 +206,19 @@ def propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> No
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise TraceError(
             f"the example inputs do not fit the model at node {node.format_node()}"
-            f"{_expected_input(node, gm)}: {message}"
+            f"{_expected_input(node, gm)}: {message}{_first_layer(gm, inputs)}"
         ) from exc
+
+
+def _first_layer(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> str:
+    """``; got (1, 4, 32, 32) and its first layer, Conv2d feature.0 takes (N, 3, H, W)``."""
+    got = f"; got {', '.join(str(tuple(t.shape)) for t in inputs)}"
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            wants = expected_input(gm.get_submodule(str(node.target)), str(node.target))
+            if wants is not None:
+                return f"{got} and its first layer, {wants}"
+    return got
 
 
 _SHAPE_PRESERVING = (
@@ -256,7 +268,10 @@ class _ShapeRecorder(fx.Interpreter):
         shape_preserving = isinstance(mod, _SHAPE_PRESERVING) and len(args) == 1
         if self.on_meta and shape_preserving and isinstance(args[0], torch.Tensor):
             return torch.empty_like(args[0])  # same shape and dtype; skip the meta kernels
-        return torch.func.functional_call(mod, self._state(mod), args, kwargs)
+        state = self._state(mod)
+        if not state:
+            return mod.forward(*args, **kwargs)  # stateless: nothing to swap
+        return torch.func.functional_call(mod, state, args, kwargs)
 
     def get_attr(self, target, args, kwargs):
         value = super().get_attr(target, args, kwargs)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from slimfx.rules.base import Passthrough, first_input, module_arg_tensor
 from slimfx.rules.registry import register
-from slimfx.rules.slicing import clone_module, sliced_shell, take
+from slimfx.rules.slicing import sliced_shell, take
 
 
 class ElementwiseUnary(Passthrough):
@@ -40,8 +40,14 @@ class ElementwiseUnary(Passthrough):
     def evaluate(self, node: fx.Node, ctx, x: torch.Tensor) -> torch.Tensor | None:
         """The op applied to ``x`` (float64), or ``None`` when it cannot be evaluated."""
         if node.op == "call_module":
-            module = clone_module(ctx.module(node)).to(torch.float64).eval()
-            return module(x)
+            module = ctx.module(node)
+            state = {
+                name: t.detach().to(torch.float64) if t.is_floating_point() else t
+                for name, t in [*module.named_parameters(), *module.named_buffers()]
+            }
+            if not state:
+                return module.forward(x)  # stateless: no copy, no hooks
+            return torch.func.functional_call(module, state, (x,))
         if any(isinstance(a, fx.Node) for a in fx.node.map_aggregate(node.args[1:], _leaf)) or any(
             isinstance(a, fx.Node) for a in fx.node.map_aggregate(node.kwargs, _leaf)
         ):
