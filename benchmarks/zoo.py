@@ -19,6 +19,9 @@ import copy
 import gc
 import json
 import platform
+import resource
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -38,6 +41,8 @@ except ImportError:
 #: Models that need a larger input than the default 64x64.
 INPUT_SIZE = {"inception_v3": 299, "maxvit_t": 224}
 DEFAULT_SIZE = 64
+#: Memory cap of the Torch-Pruning subprocess, in GiB.
+MEMORY_LIMIT_GB = 12
 
 
 def has_batchnorm(model: torch.nn.Module) -> bool:
@@ -113,26 +118,71 @@ def run_torch_pruning(model, x) -> dict:
         }
 
 
+def torch_pruning_in_subprocess(name: str, timeout: float = 600) -> dict:
+    """Torch-Pruning on one model in its own process, with a memory cap and a time limit.
+
+    Its dependency tracing can take all the memory on some models; a separate process keeps
+    such a failure a row of the table instead of the end of the run.
+    """
+    limit = MEMORY_LIMIT_GB * 2**30
+
+    def cap_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    try:
+        proc = subprocess.run(
+            [sys.executable, __file__, "--torch-pruning-probe", name],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            preexec_fn=cap_memory,
+        )
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "seconds": timeout, "error": f"no result after {timeout:.0f} s"}
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        last = (proc.stderr.strip().splitlines() or ["killed"])[-1][:120]
+        return {
+            "ok": False,
+            "seconds": float("nan"),
+            "error": f"crashed ({last}; memory capped at {MEMORY_LIMIT_GB} GB)",
+        }
+    return json.loads(lines[-1])
+
+
+def build(name: str):
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None)
+    if not has_batchnorm(model):
+        return None, None
+    randomize_batchnorm(model.eval(), seed=0)
+    size = INPUT_SIZE.get(name, DEFAULT_SIZE)
+    return model, torch.randn(1, 3, size, size)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", help="only these models")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--no-torch-pruning", action="store_true")
+    parser.add_argument("--torch-pruning-probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
+    if args.torch_pruning_probe:
+        model, x = build(args.torch_pruning_probe)
+        print(json.dumps(run_torch_pruning(model, x)))
+        return
     names = args.models or torchvision.models.list_models(module=torchvision.models)
     rows = []
     for name in names:
-        torch.manual_seed(0)
-        model = torchvision.models.get_model(name, weights=None)
-        if not has_batchnorm(model):
+        model, x = build(name)
+        if model is None:
             continue
-        randomize_batchnorm(model.eval(), seed=0)
-        size = INPUT_SIZE.get(name, DEFAULT_SIZE)
-        x = torch.randn(1, 3, size, size)
-        row = {"model": name, "input": size, "ours": run_ours(model, x)}
+        row = {"model": name, "input": x.shape[-1], "ours": run_ours(model, x)}
+        del model
+        gc.collect()
         if tp is not None and not args.no_torch_pruning:
-            row["torch_pruning"] = run_torch_pruning(model, x)
+            row["torch_pruning"] = torch_pruning_in_subprocess(name)
         rows.append(row)
         ours = row["ours"]
         theirs = row.get("torch_pruning", {})
@@ -146,8 +196,6 @@ def main() -> None:
             ),
             flush=True,
         )
-        del model
-        gc.collect()
     write_results(rows, Path(args.out))
 
 

@@ -125,7 +125,8 @@ class AnalyzeContext:
         base = layouts[0]
         for other in layouts[1:]:
             if len(other) != len(base):
-                raise AssertionError(f"coupling layouts of different sizes at {node.name}")
+                self.unsupported(node, layouts, "channel axes of different sizes meet")
+                return
             pairs = self._group_pairs(base, other)
             if pairs is None:
                 self.freeze(

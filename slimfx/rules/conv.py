@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch.nn as nn
 
+from slimfx.layout import Layout
 from slimfx.rules.base import Rule, first_input
 from slimfx.rules.folding import gather, slice_consumer, slice_grouped
 from slimfx.rules.registry import register
@@ -102,12 +103,12 @@ class Linear(Rule):
         in_layout = ctx.layout(inp)
         shape = ctx.shape(inp)
         if shape is not None and len(shape) != 2:
+            # features are the last axis, not dim 1: nothing here is a channel axis we track
             ctx.unsupported(
                 node, [in_layout] if in_layout else [], "linear layer on a rank > 2 input"
             )
-            out = ctx.new_group(node, ctx.module(node).out_features)
-            ctx.freeze(out, f"linear layer on a rank > 2 input: {node.format_node()}")
-            return out
+            out_shape = ctx.shape(node)
+            return Layout.untracked(out_shape[1]) if out_shape and len(out_shape) >= 2 else None
         if in_layout is not None:
             ctx.add_sink(node, inp, padded=False, has_bias=ctx.module(node).bias is not None)
         return ctx.new_group(node, ctx.module(node).out_features)
