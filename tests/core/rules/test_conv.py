@@ -186,3 +186,29 @@ def test_conv1d_and_batchnorm1d(oracle_check):
     res = slimfx.slim(model, x, 0.5)
     assert res.module.conv.out_channels == res.plan.groups["conv"].width
     oracle_check(model, x, res)
+
+
+def test_linear_on_channels_last_tokens_is_frozen_not_broken():
+    class Tokens(nn.Module):  # a transformer-style MLP on (N, H*W, C) between conv blocks
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.bn = nn.BatchNorm2d(8)
+            self.mlp = nn.Linear(8, 8)
+            self.conv2 = nn.Conv2d(8, 6, 3, padding=1)
+            self.bn2 = nn.BatchNorm2d(6)
+            self.fc = nn.Linear(6, 2)
+
+        def forward(self, x):
+            x = torch.relu(self.bn(self.conv(x)))
+            n, c, h, w = x.shape
+            tokens = x.flatten(2).transpose(1, 2)  # (N, H*W, C)
+            tokens = tokens + self.mlp(tokens)
+            x = tokens.transpose(1, 2).reshape(n, c, h, w)
+            return self.fc(torch.relu(self.bn2(self.conv2(x))).mean((2, 3)))
+
+    model = randomize_batchnorm(Tokens(), seed=10)
+    res = slimfx.slim(model, torch.randn(2, 3, 4, 4), 0.5)
+    assert res.module.conv.out_channels == 8  # its channels pass through the token MLP
+    assert res.module.conv2.out_channels < 6
+    assert res.report.verification_error <= 1e-9
