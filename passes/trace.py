@@ -34,7 +34,7 @@ from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 import slimfx.rules  # noqa: F401  (registers the rules that decide leaves)
 from slimfx.errors import TraceError
-from slimfx.numerics import as_input_tuple
+from slimfx.numerics import as_input_tuple, eval_mode
 from slimfx.rules.registry import module_rule
 from slimfx.validation import expected_input
 
@@ -199,7 +199,7 @@ def propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> No
     except _NodeFailure as failure:
         logger.info("meta shape propagation failed (%s); running the graph for real", failure)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(gm):  # shapes do not depend on the mode; BN's batch does
             _ShapeRecorder(gm, on_meta=False).run(*inputs)
     except _NodeFailure as failure:
         node, exc = failure.node, failure.__cause__

@@ -22,6 +22,7 @@ from slimfx.passes.verify import masked_reference, masked_state
 from slimfx.passes.verify import verify as verify_modules
 from slimfx.report import LayerRow, SlimReport
 from slimfx.tolerances import FLOAT32_RTOL, FLOAT64_RTOL
+from slimfx.validation import check_finite_weights
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +153,16 @@ def slim(
     -------
     SlimResult
 
+    Raises
+    ------
+    TraceError
+        The model cannot be traced, or the example inputs do not fit it (the message says
+        what its first layer takes).
+    ValueError
+        Invalid settings, or NaN/infinite weights (the tensors are named).
+    UnsupportedError, EquivalenceError
+        Nothing can be pruned; the slim model does not verify.
+
     Examples
     --------
     >>> import torch, slimfx
@@ -161,6 +172,7 @@ def slim(
     0.5
     """
     gm = trace(model, example_inputs)
+    check_finite_weights(model)
     cg = analyze(gm, strict=strict)
     slim_plan = plan(
         cg,

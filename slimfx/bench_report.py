@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from slimfx.io import atomic_path, write_text
+from slimfx.io import OutputSet, atomic_path
 
 
 @dataclass(frozen=True)
@@ -299,16 +299,22 @@ class LatencyReport:
         return dest
 
     def save(self, folder: str | os.PathLike, stem: str, *, plot: bool = True) -> list[Path]:
-        """Write ``stem.json``, ``stem.md`` and ``stem.png`` into ``folder`` atomically.
+        """Write ``stem.json``, ``stem.md`` and ``stem.png`` into ``folder`` as one set.
 
-        The plot is left out with ``plot=False`` or when nothing was measured.
+        The plot is left out with ``plot=False`` or when nothing was measured; a
+        ``stem.png`` of an earlier report is then removed, so the files always describe
+        one report. The files appear together only once all were written
+        (:class:`slimfx.io.OutputSet`); on failure the earlier ones stay as they were.
         """
         out = Path(folder)
         paths = [out / f"{stem}.json", out / f"{stem}.md"]
-        write_text(paths[0], self.to_json())
-        write_text(paths[1], self.to_markdown())
-        if plot and self.measurements:
-            paths.append(self.plot(out / f"{stem}.png"))
+        png = out / f"{stem}.png"
+        with OutputSet(stale=[png]) as files:
+            files.write_text(paths[0], self.to_json())
+            files.write_text(paths[1], self.to_markdown())
+            if plot and self.measurements:
+                self.plot(files.path(png, suffix=".tmp.png"))
+                paths.append(png)
         return paths
 
     def _candidates(self) -> str:

@@ -7,13 +7,18 @@ Accepted layouts:
 3. plain state dicts ``{name: tensor}``.
 
 Keys of models wrapped in ``DataParallel``/``DistributedDataParallel`` (``module.`` prefix)
-are unwrapped. Nothing in a file is ever executed: a pickle that asks for code is refused.
+are unwrapped. Nothing in a file is ever executed: ``torch.load(weights_only=True)`` builds
+only tensors and plain containers, and a pickle that asks for anything else is refused.
+A zip archive whose entries claim far more data than the file holds (a "zip bomb") is
+refused before it is decompressed. Every other defect — empty, truncated, random or
+corrupt bytes, a folder — is a :class:`CheckpointError` naming the file.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +27,12 @@ from typing import Any
 import torch
 
 from slimfx.errors import CheckpointError
+from slimfx.validation import nonfinite_tensors
+
+#: Largest accepted ratio of a zip checkpoint's declared content to its size on disk.
+#: ``torch.save`` stores entries uncompressed (ratio about 1); a re-zipped checkpoint
+#: compresses float weights by a small factor. Deflate can reach about 1000.
+MAX_EXPANSION = 64
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -43,42 +54,65 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"no checkpoint found at {file}")
     if file.is_dir():
         raise CheckpointError(f"{file} is a folder, not a checkpoint file")
-    if file.stat().st_size == 0:
+    if not file.is_file():  # a device or a pipe: reading could block or never end
+        raise CheckpointError(f"{file} is not a regular file")
+    size = file.stat().st_size
+    if size == 0:
         raise CheckpointError(f"{file} is empty")
+    _check_archive(file, size)
     try:
-        obj = torch.load(file, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": not the user's
+            warnings.simplefilter("ignore")
+            obj = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling failed"
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            raise CheckpointError(
-                f"{file} was refused: it asks to run code or build objects other than tensors "
-                f"and containers ({_unsafe_global(str(exc))}); slimfx loads only weights"
-            ) from exc
-        raise CheckpointError(f"{file} is not a readable checkpoint: {first}") from exc
-    except (
-        RuntimeError,
-        EOFError,
-        zipfile.BadZipFile,
-        ValueError,
-        OSError,
-        KeyError,
-        IndexError,
-        TypeError,
-        AttributeError,
-        UnicodeDecodeError,
-        OverflowError,
-        MemoryError,
-    ) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{file} is not a readable checkpoint ({first[:200]})") from exc
+        raise CheckpointError(_refusal(file, str(exc))) from exc
+    except Exception as exc:  # anything a corrupt file makes the reader raise
+        raise CheckpointError(f"{file} is not a readable checkpoint ({_first_line(exc)})") from exc
     return normalize_checkpoint(obj, str(file))
 
 
-def _unsafe_global(message: str) -> str:
-    for line in message.splitlines():
-        if "Unsupported global" in line or "GLOBAL" in line:
-            return line.strip()[:160]
-    return "unsupported content"
+def _check_archive(file: Path, size: int) -> None:
+    """Refuse a zip checkpoint that would decompress to far more than its size."""
+    try:
+        with zipfile.ZipFile(file) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except Exception:  # not a zip (the legacy format) or a broken one: torch.load decides
+        return
+    if declared > MAX_EXPANSION * size + 2**20:
+        raise CheckpointError(
+            f"{file} was refused: its zip entries claim {declared} bytes in a file of {size} "
+            f"bytes (more than {MAX_EXPANSION}x; a PyTorch checkpoint is not compressed)"
+        )
+
+
+def _refusal(file: Path, message: str) -> str:
+    """The message for an ``UnpicklingError`` of the weights-only unpickler."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    detail = next(
+        (
+            line
+            for line in lines
+            if "GLOBAL" in line or "global" in line or "Unsupported" in line or "operand" in line
+        ),
+        lines[0] if lines else "unpickling failed",
+    )[:200]
+    if "GLOBAL" in detail or "global" in detail:
+        return (
+            f"{file} was refused: it asks to run code or build objects other than tensors and "
+            f"containers ({detail}); slimfx loads only weights and ran nothing from it"
+        )
+    return (
+        f"{file} was refused: it is not a weights-only checkpoint ({detail}); it is corrupt, "
+        "or was written with plain pickle instead of torch.save; nothing in it was run"
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0][:200] if text else ""
+    if len(first) < 20:  # KeyError('6'), IndexError … say what kind of failure it was
+        first = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return first
 
 
 def normalize_checkpoint(obj: Any, source: str = "checkpoint") -> dict[str, Any]:
@@ -110,8 +144,11 @@ def unwrap_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
     return dict(state)
 
 
-def load_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """``model.load_state_dict(state, strict=True)`` with an error that names the mismatch."""
+def check_shapes(
+    model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str, hint: str | None = None
+) -> None:
+    """Raise :class:`CheckpointError` naming every key and shape where ``state`` and ``model``
+    disagree (works on a model built on the ``meta`` device)."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -120,20 +157,41 @@ def load_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source:
         for k in own
         if k in state and tuple(state[k].shape) != tuple(own[k].shape)
     ]
-    if missing or unexpected or wrong:
-        parts = []
-        if wrong:
-            parts.append(f"shape mismatch (file vs model): {', '.join(wrong[:3])}")
-        if missing:
-            parts.append(f"missing keys: {', '.join(missing[:3])}")
-        if unexpected:
-            parts.append(f"unexpected keys: {', '.join(unexpected[:3])}")
+    if not (missing or unexpected or wrong):
+        return
+    parts = []
+    for what, items in (
+        ("shape mismatch (file vs model)", wrong),
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+    ):
+        if items:
+            more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+            parts.append(f"{what}: {', '.join(items[:3])}{more}")
+    raise CheckpointError(
+        f"{source} does not fit {type(model).__name__}: "
+        + "; ".join(parts)
+        + f" ({hint or 'wrong --arch/--depth/--dataset, or a pruned model without its cfg?'})"
+    )
+
+
+def load_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """``model.load_state_dict(state, strict=True)`` with errors that name the problem.
+
+    Raises
+    ------
+    CheckpointError
+        Missing, unexpected or wrongly shaped keys (each named with both shapes), or NaN or
+        infinite values (the tensors named).
+    """
+    check_shapes(model, state, source)
+    bad = nonfinite_tensors(state.items())
+    if bad:
         raise CheckpointError(
-            f"{source} does not fit {type(model).__name__}: "
-            + "; ".join(parts)
-            + " (wrong --arch/--depth/--dataset, or a pruned model without its cfg?)"
+            f"{source}: NaN or infinite values in {', '.join(bad[:3])}"
+            + (f" and {len(bad) - 3} more tensors" if len(bad) > 3 else "")
         )
-    for key, value in state.items():
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise CheckpointError(f"{source}: {key} holds NaN or infinite values")
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, ValueError) as exc:  # e.g. a sparse or complex tensor
+        raise CheckpointError(f"{source}: cannot load its weights ({_first_line(exc)})") from exc

@@ -45,6 +45,7 @@ from slimfx.export_check import check_onnx, flatten_outputs, resize_batch
 from slimfx.io import atomic_path
 from slimfx.numerics import as_input_tuple, eval_mode, relative_error
 from slimfx.tolerances import ONNX_RTOL
+from slimfx.validation import check_finite_weights, check_inputs_fit
 
 __all__ = [
     "EXPORTERS",
@@ -144,10 +145,14 @@ def export_onnx(
     EquivalenceError
         onnxruntime's output differs from PyTorch's beyond ``rtol`` (with every exporter
         tried).
+    TraceError
+        The example inputs do not fit the module (the message says what it takes).
+    ValueError
+        NaN or infinite weights (named), or invalid arguments.
     SlimfxError
         No exporter could export the module, or the file fails ``onnx.checker``.
-    ValueError
-        Invalid arguments.
+    OSError
+        ``path`` cannot be written (checked before exporting).
 
     Examples
     --------
@@ -164,6 +169,8 @@ def export_onnx(
     if opset is not None and (not isinstance(opset, int) or opset < 7):
         raise ValueError(f"opset must be an int >= 7, got {opset!r}")
     order = _exporter_order(exporter)
+    check_finite_weights(module)
+    check_inputs_fit(module, inputs, "an example input")  # before any file is touched
     dest = Path(path)
     failures: list[str] = []
     mismatch: EquivalenceError | None = None

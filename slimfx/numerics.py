@@ -65,7 +65,10 @@ def relative_error(got: Any, want: Any) -> float:
             return float("inf")
         if b.size == 0:
             continue
-        diff = max(diff, float(np.max(np.abs(a - b))))
+        leaf_diff = float(np.max(np.abs(a - b)))
+        if not np.isfinite(leaf_diff):  # a NaN compares False: max() would drop it
+            return float("inf")
+        diff = max(diff, leaf_diff)
         scale = max(scale, float(np.max(np.abs(b))))
     if not np.isfinite(diff):
         return float("inf")

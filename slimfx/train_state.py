@@ -126,25 +126,86 @@ def restore_checkpoint(
         )
     try:
         optimizer.load_state_dict(ckpt["optimizer"])
-    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+    except (ValueError, KeyError, TypeError, RuntimeError, AttributeError, IndexError) as exc:
         raise CheckpointError(
             f"{path}: its optimizer state does not fit this model ({exc})"
         ) from exc
-    epoch = int(ckpt["epoch"])
+    _check_optimizer_state(optimizer, str(path))
+    epoch = _count(ckpt, "epoch", path)
     if "lr_scheduler" in ckpt:
-        scheduler.load_state_dict(ckpt["lr_scheduler"])
+        _load_scheduler(scheduler, ckpt["lr_scheduler"], str(path))
     else:  # the reference code's checkpoints: the optimizer holds the decayed lr already
         scheduler.last_epoch = epoch
         scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
     has_rng = isinstance(ckpt.get("rng"), dict) and "torch" in ckpt["rng"]
     if has_rng:
-        set_rng_state(ckpt["rng"], device)
+        try:
+            set_rng_state(ckpt["rng"], device)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: its 'rng' state is invalid ({exc})") from exc
     best = ckpt.get("best_prec1", 0.0)
     sparsity = ckpt.get("sparsity")
+    try:
+        best = float(best) if best is not None else 0.0
+        sparsity = None if sparsity is None else float(sparsity)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: 'best_prec1' or 'sparsity' is not a number") from exc
     return ResumePoint(
         epoch=epoch,
-        step=int(ckpt.get("step", 0) or 0),
-        best_prec1=float(best) if best is not None else 0.0,
-        sparsity=None if sparsity is None else float(sparsity),
+        step=_count(ckpt, "step", path),
+        best_prec1=best,
+        sparsity=sparsity,
         rng_restored=has_rng,
     )
+
+
+def _count(ckpt: dict[str, Any], key: str, path) -> int:
+    """``ckpt[key]`` as an int >= 0 (0 when absent)."""
+    value = ckpt.get(key, 0) or 0
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise CheckpointError(f"{path}: {key!r} must be a count >= 0, got {value!r:.60}")
+    return value
+
+
+def _check_optimizer_state(optimizer: torch.optim.Optimizer, source: str) -> None:
+    """Momentum buffers must have their parameter's shape and finite values."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for name, value in optimizer.state.get(p, {}).items():
+                if not isinstance(value, torch.Tensor) or value.dim() == 0:
+                    continue
+                if value.shape != p.shape:
+                    raise CheckpointError(
+                        f"{source}: optimizer {name} of shape {tuple(value.shape)} does not fit "
+                        f"a parameter of shape {tuple(p.shape)}"
+                    )
+                if value.is_floating_point() and not torch.isfinite(value).all():
+                    raise CheckpointError(
+                        f"{source}: optimizer {name} holds NaN or infinite values"
+                    )
+
+
+def _load_scheduler(scheduler: Any, state: Any, source: str) -> None:
+    """``scheduler.load_state_dict(state)`` for the entries and types the scheduler has.
+
+    Schedulers load by updating their ``__dict__``, so unchecked entries could replace any
+    attribute.
+    """
+    own = scheduler.state_dict()
+    if not isinstance(state, dict) or not set(state) <= set(own):
+        keys = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{source}: 'lr_scheduler' is not a learning-rate schedule ({keys})")
+    for key, value in state.items():
+        expected = own[key]
+        numbers = (int, float)
+        same = isinstance(value, type(expected)) or (
+            isinstance(expected, numbers) and isinstance(value, numbers)
+        )
+        if expected is not None and value is not None and not same:
+            raise CheckpointError(
+                f"{source}: 'lr_scheduler' entry {key!r} is a {type(value).__name__}, "
+                f"expected a {type(expected).__name__}"
+            )
+    scheduler.load_state_dict(state)

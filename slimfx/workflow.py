@@ -25,11 +25,11 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from slimfx.api import SlimResult, slim
-from slimfx.checkpoint import load_checkpoint, load_into
+from slimfx.checkpoint import check_shapes, load_checkpoint, load_into
 from slimfx.errors import CheckpointError
 from slimfx.evaluation import evaluate
-from slimfx.io import ensure_output_dir, save_torch, write_text
-from slimfx.models import build_model
+from slimfx.io import OutputSet, ensure_output_dir
+from slimfx.models import MODEL_BUILDERS, build_model
 from slimfx.plots import plot_channels_kept, plot_gamma_distribution
 
 logger = logging.getLogger(__name__)
@@ -79,22 +79,59 @@ def load_trained_model(
     Raises
     ------
     CheckpointError
-        Unreadable file, a cfg that builds no model, or weights that do not fit
-        (for example the wrong ``--depth``).
+        Unreadable or unsafe file, a cfg that builds no model or disagrees with the file's
+        weights, weights that do not fit (for example the wrong ``--depth``; the keys and
+        shapes are named), or NaN/infinite weights.
     """
     ckpt = load_checkpoint(path)
-    cfg = ckpt.get("cfg")
-    if cfg is not None:
-        if not isinstance(cfg, list):
-            raise CheckpointError(f"{path}: 'cfg' is a {type(cfg).__name__}, not a list")
-        try:
-            model = build_model(arch, depth, dataset, cfg=cfg)
-        except ValueError as exc:
-            raise CheckpointError(f"{path}: its cfg does not build a {arch} model ({exc})") from exc
-    else:
-        model = build_model(arch, depth, dataset)
+    model = model_for_checkpoint(ckpt, str(path), arch=arch, depth=depth, dataset=dataset)
     load_into(model, ckpt["state_dict"], str(path))
     return model, ckpt
+
+
+def model_for_checkpoint(
+    ckpt: dict[str, Any], source: str, *, arch: str, depth: int, dataset: str
+) -> nn.Module:
+    """The (freshly initialised) model whose state dict ``ckpt`` holds.
+
+    Built from the checkpoint's ``cfg`` when it has one, else from ``arch``/``depth``. The
+    model is first built on the ``meta`` device, which allocates nothing, and compared with
+    the state dict key by key, so a cfg that disagrees with its weights — or asks for an
+    enormous model — is reported before any memory is spent on it.
+
+    Raises
+    ------
+    CheckpointError
+        The cfg builds no model, or the state dict does not fit the model (keys and shapes
+        named).
+    ValueError
+        Unknown ``arch``; invalid ``depth``/``dataset`` for a file without a cfg.
+    """
+    if arch not in MODEL_BUILDERS:
+        raise ValueError(f"--arch must be one of {', '.join(sorted(MODEL_BUILDERS))}, got {arch!r}")
+    cfg = ckpt.get("cfg")
+    if cfg is None:
+        with torch.device("meta"):
+            shell = build_model(arch, depth, dataset)
+        check_shapes(shell, ckpt["state_dict"], source)
+        return build_model(arch, depth, dataset)
+    if not isinstance(cfg, list):
+        raise CheckpointError(f"{source}: 'cfg' is a {type(cfg).__name__}, not a list")
+    try:
+        with torch.device("meta"):
+            shell = build_model(arch, depth, dataset, cfg=cfg)
+    except Exception as exc:  # the cfg comes from the file: whatever it breaks is its fault
+        text = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise CheckpointError(
+            f"{source}: its cfg does not build a {arch} model ({text}); wrong --arch or --depth?"
+        ) from exc
+    check_shapes(
+        shell,
+        ckpt["state_dict"],
+        source,
+        hint="the file's cfg and its state_dict disagree, or wrong --arch/--dataset",
+    )
+    return build_model(arch, depth, dataset, cfg=cfg)
 
 
 def resolve_round_to(
@@ -212,12 +249,18 @@ def prune_text(outcome: PruneOutcome) -> str:
 def write_prune_files(
     outcome: PruneOutcome, model: nn.Module, folder: Path, plots: bool = True
 ) -> dict[str, Path]:
-    """Write ``prune.txt``, ``pruned.pth``, ``prune.json`` and the plots into ``folder``."""
+    """Write ``prune.txt``, ``pruned.pth``, ``prune.json`` and the plots into ``folder``.
+
+    The files are one set (:class:`slimfx.io.OutputSet`): they replace an earlier run's
+    only once every one of them was written, so a run that fails or is interrupted —
+    even while drawing the last plot — leaves the earlier files byte for byte as they were.
+    With ``plots=False`` an earlier run's plots are removed, since they would describe
+    another pruning.
+    """
     res = outcome.result
     files = {name: folder / name for name in ("prune.txt", "pruned.pth", "prune.json")}
-    write_text(files["prune.txt"], prune_text(outcome))
+    plot_files = {name: folder / name for name in ("gammas.png", "channels.png")}
     state = {k: v.detach().cpu().clone() for k, v in res.module.state_dict().items()}
-    save_torch({"cfg": res.cfg, "state_dict": state}, files["pruned.pth"])
     summary = {
         "report": res.report.to_dict(),
         "masked_accuracy": outcome.masked_accuracy,
@@ -226,14 +269,18 @@ def write_prune_files(
         "round_to": outcome.round_to,
         "kept": res.kept,
     }
-    write_text(files["prune.json"], json.dumps(summary, indent=1) + "\n")
-    if plots:
-        threshold = res.report.threshold
-        files["gammas.png"] = plot_gamma_distribution(
-            bn_gammas(model, list(res.kept)),
-            None if threshold != threshold else threshold,
-            folder / "gammas.png",
-        )
-        files["channels.png"] = plot_channels_kept(res.report, folder / "channels.png")
+    with OutputSet(stale=plot_files.values()) as out:
+        out.write_text(files["prune.txt"], prune_text(outcome))
+        out.save_torch({"cfg": res.cfg, "state_dict": state}, files["pruned.pth"])
+        out.write_text(files["prune.json"], json.dumps(summary, indent=1) + "\n")
+        if plots:
+            threshold = res.report.threshold
+            plot_gamma_distribution(
+                bn_gammas(model, list(res.kept)),
+                None if threshold != threshold else threshold,
+                out.path(plot_files["gammas.png"], suffix=".tmp.png"),
+            )
+            plot_channels_kept(res.report, out.path(plot_files["channels.png"], suffix=".tmp.png"))
+            files.update(plot_files)
     logger.info("wrote %s", ", ".join(str(p) for p in files.values()))
     return files

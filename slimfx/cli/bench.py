@@ -7,6 +7,9 @@ import sys
 
 from slimfx.bench_backends import BACKENDS
 from slimfx.cli.export import add_model_arguments, build_model, example_input, load_model
+from slimfx.cli.prune import percent_value
+from slimfx.io import ensure_output_dir
+from slimfx.validation import check_inputs_fit
 
 
 def _ints(text: str) -> list[int]:
@@ -55,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     backends = _backends(args.backends)
     round_to = _round_to(args.round_to)
     example = example_input(args)
+    fits = f"--input-size {args.input_size}: an input"
     if args.model:
         original = load_model(args.model, args.arch, args.depth, args.dataset)
     else:
@@ -65,8 +69,14 @@ def run(args: argparse.Namespace) -> int:
             f"{args.seed}) stands in for a trained model",
             file=sys.stderr,
         )
+    check_inputs_fit(original, example, fits)
+    slim_model = None
     if args.pruned:
         slim_model = load_model(args.pruned, args.arch, args.depth, args.dataset)
+        check_inputs_fit(slim_model, example, fits)
+    if args.out:
+        ensure_output_dir(args.out)  # fail before the measurements, not after them
+    if slim_model is not None:
         label = f"slim: {args.pruned}"
     else:
         if round_to == "auto":
@@ -109,7 +119,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--pruned", metavar="PATH", help="a pruned checkpoint (else --model is slimmed here)"
     )
-    parser.add_argument("--percent", type=float, default=0.5, help="pruning ratio (0.5)")
+    parser.add_argument(
+        "--percent", type=percent_value, default=0.5, help="pruning ratio (default: 0.5)"
+    )
     parser.add_argument(
         "--round-to",
         default="1",

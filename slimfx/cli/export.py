@@ -7,7 +7,9 @@ import os
 
 import torch
 
-from slimfx.checkpoint import load_checkpoint, load_into
+from slimfx.data import DATASETS
+from slimfx.models import MODEL_BUILDERS
+from slimfx.validation import check_inputs_fit
 
 #: Datasets the CLI models are built for, and their input shape (channels, height, width).
 INPUT_SHAPE = (3, 32, 32)
@@ -21,14 +23,17 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = Tru
         metavar="PATH",
         help="checkpoint: pruned.pth (with its cfg), a training checkpoint or a state dict",
     )
-    parser.add_argument("--arch", default="vgg", help="model family (default: vgg)")
+    parser.add_argument(
+        "--arch", default="vgg", help=f"{', '.join(sorted(MODEL_BUILDERS))} (default: vgg)"
+    )
     parser.add_argument(
         "--depth", type=int, default=19, help="depth when the file has no cfg (default: 19)"
     )
     parser.add_argument(
         "--dataset",
+        choices=DATASETS,
         default="cifar10",
-        help="cifar10, cifar100 or digits: sets the classes (default: cifar10)",
+        help="sets the number of classes (default: cifar10)",
     )
     parser.add_argument(
         "--input-size",
@@ -52,9 +57,9 @@ def build_model(arch: str, depth: int, dataset: str, cfg: list | None) -> torch.
 
 def load_model(path: str | os.PathLike, arch: str, depth: int, dataset: str) -> torch.nn.Module:
     """Rebuild the model a checkpoint holds (its ``cfg`` when it has one) in eval mode."""
-    checkpoint = load_checkpoint(path)
-    model = build_model(arch, depth, dataset, checkpoint.get("cfg"))
-    load_into(model, checkpoint["state_dict"], str(path))
+    from slimfx.workflow import load_trained_model
+
+    model, _ = load_trained_model(path, arch=arch, depth=depth, dataset=dataset)
     return model.eval()
 
 
@@ -70,9 +75,11 @@ def run(args: argparse.Namespace) -> int:
     from slimfx.export import export_onnx
 
     model = load_model(args.model, args.arch, args.depth, args.dataset)
+    example = example_input(args, args.batch_size)
+    check_inputs_fit(model, example, f"--input-size {args.input_size}: an input")
     result = export_onnx(
         model,
-        example_input(args, args.batch_size),
+        example,
         args.onnx,
         opset=args.opset,
         dynamic_batch=not args.static_batch,

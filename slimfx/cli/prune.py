@@ -110,8 +110,10 @@ def run(args: argparse.Namespace) -> int:
         args.model, arch=args.arch, depth=args.depth, dataset=args.dataset
     )
     if "epoch" in ckpt:
-        best = ckpt.get("best_prec1")
-        best_text = f" Prec1: {float(best):f}" if best is not None else ""
+        try:  # a number or a 0-d tensor in the reference code's files; shown, not needed
+            best_text = f" Prec1: {float(ckpt['best_prec1']):f}"
+        except (KeyError, TypeError, ValueError, RuntimeError):
+            best_text = ""
         print(f"=> loaded checkpoint '{args.model}' (epoch {ckpt['epoch']}){best_text}")
     else:
         print(f"=> loaded '{args.model}'")

@@ -18,7 +18,7 @@ from slimfx.distributed import env_rank
 from slimfx.models import DEFAULT_CFG, MODEL_BUILDERS, MODEL_DEPTHS, build_model
 from slimfx.train import EpochResult, TrainConfig, TrainingInterrupted, TrainResult, fit
 from slimfx.train_state import model_cfg
-from slimfx.workflow import load_trained_model
+from slimfx.workflow import load_trained_model, model_for_checkpoint
 
 INTERRUPTED = 130
 
@@ -179,10 +179,12 @@ def build_training_model(args: argparse.Namespace) -> torch.nn.Module:
     """The model to train: from --resume's cfg, --refine's cfg and weights, or --depth."""
     torch.manual_seed(args.seed)
     if args.resume:
-        cfg = load_checkpoint(args.resume).get("cfg")
-        if cfg is None and args.refine:
-            cfg = load_checkpoint(args.refine).get("cfg")
-        return build_model(args.arch, args.depth, args.dataset, cfg=cfg)
+        ckpt = load_checkpoint(args.resume)
+        if ckpt.get("cfg") is None and args.refine:
+            ckpt["cfg"] = load_checkpoint(args.refine).get("cfg")
+        return model_for_checkpoint(
+            ckpt, args.resume, arch=args.arch, depth=args.depth, dataset=args.dataset
+        )
     if args.refine:
         model, _ = load_trained_model(
             args.refine, arch=args.arch, depth=args.depth, dataset=args.dataset

@@ -154,7 +154,7 @@ def test_several_inputs_and_outputs(tmp_path):
 @pytest.mark.parametrize(
     ("inputs", "options", "message"),
     [
-        ([], {}, "non-empty sequence"),
+        ([], {}, "non-empty tuple of tensors"),
         (("x",), {}, "not a tensor"),
         ((torch.tensor(1.0),), {}, "scalar"),
         ((torch.randn(1, 3, 32, 32),), {"exporter": "tflite"}, "exporter must be"),

@@ -1,0 +1,115 @@
+"""Checks of the values users hand to slimfx: finite weights, inputs that fit the model.
+
+Both turn what would be a confusing failure deep inside torch — or, worse, a silently
+meaningless result (NaN compares unequal to everything, so a NaN model "verifies") — into an
+error that names the tensor or says what the model expects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from slimfx.errors import TraceError
+from slimfx.numerics import as_input_tuple, eval_mode
+
+_SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
+
+
+def nonfinite_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or infinite values, with counts.
+
+    Examples
+    --------
+    >>> nonfinite_tensors([("a", torch.tensor([1.0, float("nan")])), ("b", torch.ones(2))])
+    ['a (1 of 2 values)']
+    """
+    bad = []
+    for name, tensor in named:
+        if tensor.is_floating_point() or tensor.is_complex():
+            count = int((~torch.isfinite(tensor.detach())).sum())
+            if count:
+                bad.append(f"{name} ({count} of {tensor.numel()} values)")
+    return bad
+
+
+def check_finite_weights(model: nn.Module) -> None:
+    """Raise ``ValueError`` naming every parameter or buffer of ``model`` with NaN or inf.
+
+    A model with non-finite weights computes NaN, and NaN outputs cannot be verified.
+    """
+    named = list(model.named_parameters()) + list(model.named_buffers())
+    bad = nonfinite_tensors(named)
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ValueError(
+            f"{type(model).__name__} has NaN or infinite values in {', '.join(bad[:3])}{more} "
+            "(a diverged training run?); slimming needs finite weights"
+        )
+
+
+def expected_input(module: nn.Module, name: str = "") -> str | None:
+    """What a layer takes, e.g. ``"Conv2d feature.0 takes (N, 3, H, W)"``; ``None`` if unknown."""
+    label = f"{type(module).__name__} {name}".strip()
+    if isinstance(module, nn.modules.conv._ConvNd):
+        spatial = _SPATIAL.get(len(module.kernel_size), "...")
+        return f"{label} takes (N, {module.in_channels}, {spatial})"
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        spatial = {"BatchNorm1d": "(N, {c}) or (N, {c}, L)", "BatchNorm3d": "(N, {c}, D, H, W)"}
+        shape = spatial.get(type(module).__name__, "(N, {c}, H, W)")
+        return f"{label} takes {shape.format(c=module.num_features)}"
+    if isinstance(module, nn.Linear):
+        return f"{label} takes (N, ..., {module.in_features})"
+    return None
+
+
+def check_inputs_fit(module: nn.Module, example_inputs: Any, what: str = "input") -> None:
+    """Run ``module`` once on the inputs; raise :class:`TraceError` saying what it expects.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Run in eval mode without gradients; its training flags are restored.
+    example_inputs : tensor or tuple of tensors
+    what : str
+        How the message refers to the inputs (``"--input-size 8"`` in the CLI).
+
+    Raises
+    ------
+    TraceError
+        The forward pass fails: names the shapes, the layer that failed and the layer the
+        input enters first.
+    """
+    inputs = as_input_tuple(example_inputs)
+    names = {m: n for n, m in module.named_modules()}
+    called: list[nn.Module] = []
+    finished: list[nn.Module] = []
+    leaves = [m for m in module.modules() if not list(m.children())]
+    handles = [m.register_forward_pre_hook(lambda m, a: called.append(m)) for m in leaves]
+    handles += [m.register_forward_hook(lambda m, a, o: finished.append(m)) for m in leaves]
+    try:
+        with torch.no_grad(), eval_mode(module):
+            module(*inputs)
+    except Exception as exc:
+        shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
+        text = str(exc).strip()
+        first = text.splitlines()[0][:200] if text else type(exc).__name__
+        where = ""
+        if called:  # the layer that raised, or the last one that ran before the failure
+            last = called[-1]
+            at = "after" if finished and finished[-1] is last else "at"
+            where = f" {at} {names.get(last, '?')} ({type(last).__name__})"
+        wants = next(
+            (e for e in (expected_input(m, names.get(m, "")) for m in called) if e is not None),
+            None,
+        ) or next((e for n, m in module.named_modules() if (e := expected_input(m, n))), None)
+        hint = f"; its first layer, {wants}" if wants else ""
+        raise TraceError(
+            f"{what} of shape {shapes} does not fit {type(module).__name__}{where}: {first}{hint}"
+        ) from exc
+    finally:
+        for handle in handles:
+            handle.remove()
