@@ -159,7 +159,8 @@ def slim(
         The model cannot be traced, or the example inputs do not fit it (the message says
         what its first layer takes).
     ValueError
-        Invalid settings, or NaN/infinite weights (the tensors are named).
+        Invalid settings, NaN/infinite gammas (the layer is named), or, with ``verify``,
+        NaN/infinite weights anywhere (the tensors are named).
     UnsupportedError, EquivalenceError
         Nothing can be pruned; the slim model does not verify.
 
@@ -172,7 +173,8 @@ def slim(
     0.5
     """
     gm = trace(model, example_inputs)
-    check_finite_weights(model)
+    if verify:  # NaN compares unequal to everything: name the tensors before verifying
+        check_finite_weights(model)
     cg = analyze(gm, strict=strict)
     slim_plan = plan(
         cg,
