@@ -190,10 +190,23 @@ def group_scores(
     return np.nan_to_num(agg, nan=0.0)
 
 
+class _Tables(dict):
+    """Propagation tables by mode, each computed on first use."""
+
+    def __init__(self, cg: ChannelGraph):
+        super().__init__()
+        self.cg = cg
+
+    def __missing__(self, mode: int) -> dict[str, Any]:
+        self[mode] = propagate(self.cg, mode)
+        return self[mode]
+
+
 class _SinkView:
     """Per group: its positions at every sink, with their values in each mode."""
 
-    def __init__(self, cg: ChannelGraph, tables: dict[int, dict[str, Any]]):
+    def __init__(self, cg: ChannelGraph, tables: _Tables):
+        self.tables = tables
         self.entries: dict[int, list[tuple]] = {}
         for sink in cg.sinks:
             layout = cg.layout(sink.input)
@@ -201,7 +214,7 @@ class _SinkView:
                 continue
             for gid in layout.group_ids():
                 pos = np.flatnonzero(layout.group == gid)
-                vals = {mode: tables[mode][sink.input] for mode in tables}
+                vals = _ModeValues(tables, sink.input)
                 self.entries.setdefault(gid, []).append((sink, layout.index[pos], pos, vals))
 
     def exact(self, gid: int, mode: int) -> str | None:
@@ -235,6 +248,16 @@ class _SinkView:
             if bad.any():
                 return sink.node
         return None
+
+
+class _ModeValues:
+    """The values at one node, looked up per mode (``vals[BETA]``)."""
+
+    def __init__(self, tables: _Tables, node: str):
+        self.tables, self.node = tables, node
+
+    def __getitem__(self, mode: int):
+        return self.tables[mode][self.node]
 
 
 def plan(
@@ -275,8 +298,7 @@ def plan(
             "network slimming needs BatchNorm layers: the model has no BatchNorm whose "
             "scaling factors govern prunable channels"
         )
-    tables = {m: propagate(cg, m) for m in (BETA, ZERO, CARRIER)}
-    sinks = _SinkView(cg, tables)
+    sinks = _SinkView(cg, _Tables(cg))
     notes: list[str] = []
     candidates: list[tuple[ChannelGroup, int]] = []
     for g in cg.groups:

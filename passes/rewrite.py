@@ -152,22 +152,30 @@ class RewriteContext:
         partner = np.full(len(contrib), -1, dtype=np.int64)
         carrier_value = np.zeros(len(contrib))
         if self.carrier_index and len(contrib):
-            occurrence = layout.occurrence()
-            column_of = {int(p): c for c, p in enumerate(kept)}
-            slots = {}
-            carrier_mask = self.carrier.mask(layout)
-            for p in np.flatnonzero(carrier_mask):
-                slots[(int(layout.group[p]), int(occurrence[p]))] = int(p)
-            cvals = self.carrier_values[inp.name]
-            for k, p in enumerate(contrib):
-                slot = slots.get((int(layout.group[p]), int(occurrence[p])))
-                if slot is not None:
-                    partner[k] = column_of[slot]
-                    carrier_value[k] = cvals.value[slot]
+            self._pair_with_carriers(layout, kept, inp, contrib, partner, carrier_value)
         carrier_columns = np.flatnonzero(self.carrier.mask(layout)[kept])
         return SinkFold(
             kept, contrib, values.value[contrib], partner, carrier_value, carrier_columns
         )
+
+    def _pair_with_carriers(self, layout, kept, inp, contrib, partner, carrier_value) -> None:
+        """Fill ``partner``/``carrier_value``: the ``j``-th appearance of a pruned channel
+        pairs with the ``j``-th appearance of its group's carrier (flatten repeats them)."""
+        plain = layout.plain_group() is not None
+        occurrence = np.zeros(len(layout), np.int64) if plain else layout.occurrence()
+        stride = int(occurrence.max()) + 1
+        key = layout.group * stride + occurrence
+        carriers = np.flatnonzero(self.carrier.mask(layout))
+        if not len(carriers):
+            return  # no carrier in this consumer's input: everything folds into the bias
+        order = np.argsort(key[carriers], kind="stable")
+        sorted_keys = key[carriers][order]
+        wanted = key[contrib]
+        at = np.minimum(np.searchsorted(sorted_keys, wanted), len(sorted_keys) - 1)
+        found = sorted_keys[at] == wanted
+        slots = carriers[order[at[found]]]
+        partner[found] = np.searchsorted(kept, slots)
+        carrier_value[found] = self.carrier_values[inp.name].value[slots]
 
     # -- writing ---------------------------------------------------------------------
     def emit(

@@ -134,16 +134,27 @@ class KeepTable:
     """
 
     def __init__(self, keep: Mapping[int, np.ndarray], default: bool = True):
-        self._keep = {int(g): np.asarray(mask, dtype=bool) for g, mask in keep.items()}
         self._default = default
+        masks = {int(g): np.asarray(mask, dtype=bool) for g, mask in keep.items()}
+        size = max(masks, default=-1) + 1
+        self._offset = np.full(size, -1, dtype=np.int64)
+        start = 0
+        for g in sorted(masks):
+            self._offset[g] = start
+            start += len(masks[g])
+        self._flat = (
+            np.concatenate([masks[g] for g in sorted(masks)]) if masks else np.zeros(0, bool)
+        )
 
     def mask(self, layout: Layout) -> np.ndarray:
         """Boolean mask over the layout's positions (True where the position stays)."""
         out = np.full(len(layout), self._default, dtype=bool)
-        for g, mask in self._keep.items():
-            sel = layout.group == g
-            if sel.any():
-                out[sel] = mask[layout.index[sel]]
+        group = layout.group
+        inside = (group >= 0) & (group < len(self._offset))
+        offset = np.full(len(layout), -1, dtype=np.int64)
+        offset[inside] = self._offset[group[inside]]
+        hit = offset >= 0
+        out[hit] = self._flat[offset[hit] + layout.index[hit]]
         return out
 
     def positions(self, layout: Layout) -> np.ndarray:

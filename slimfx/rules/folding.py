@@ -7,8 +7,7 @@ to every output. Folding keeps that contribution:
   ``W'[:, q] = sum_p W[:, p] * v_p / c_q`` — exact at zero-padded borders too;
 * into the bias: ``b' = b + sum_p sum_kernel W[:, p] * v_p`` — exact when nothing pads.
 
-Sums run in the target dtype over column chunks, so memory stays bounded; a float64 rebuild
-(which verification uses) is exact.
+Sums run in the target dtype; a float64 rebuild (which verification uses) is exact.
 """
 
 from __future__ import annotations
@@ -18,9 +17,6 @@ import torch
 import torch.nn as nn
 
 from slimfx.rules.slicing import sliced_shell
-
-#: Elements gathered at once while folding (bounds the temporary float64 memory).
-CHUNK_ELEMENTS = 1 << 22
 
 
 def _index(positions: np.ndarray) -> torch.Tensor:
@@ -71,12 +67,6 @@ def gather(tensor: torch.Tensor, rows: np.ndarray | None, cols: np.ndarray | Non
     return _select_columns(tensor.index_select(0, _index(rows)), cols)
 
 
-def _chunks(positions: np.ndarray, rows: int, kernel: tuple) -> list[np.ndarray]:
-    per_column = max(1, rows * int(np.prod(kernel, dtype=np.int64)))
-    step = max(1, CHUNK_ELEMENTS // per_column)
-    return [positions[i : i + step] for i in range(0, len(positions), step)]
-
-
 def fold_weights(weight, bias, rows, fold, dtype):
     """The consumer's new weight and bias (see the module docstring).
 
@@ -98,33 +88,42 @@ def fold_weights(weight, bias, rows, fold, dtype):
     -------
     (weight, bias)
         ``bias`` is created when a fold needs one and the layer had none.
+
+    Notes
+    -----
+    All folded sums come from one matrix product of the kept rows with a sparse matrix of
+    scale factors (one column per carrier, one for the bias): the weights are read once,
+    in order, and nothing the size of the pruned part is copied.
     """
     dtype = dtype or weight.dtype
     source = weight.detach() if weight.dtype == dtype else weight.detach().to(dtype)
-    new_weight = gather(source, rows, fold.kept)
+    kept_rows = source if _is_all(rows, source.shape[0]) else source.index_select(0, _index(rows))
+    new_weight = gather(kept_rows, None, fold.kept)
     new_bias = None if bias is None else gather(bias, rows).to(dtype)
     if not fold.active:
         return new_weight, new_bias
-    out_rows, kernel = new_weight.shape[0], tuple(source.shape[2:])
-    via_carrier = fold.partner >= 0
-    if len(fold.carrier_columns):
-        scale = fold.value / np.where(via_carrier, fold.carrier_value, 1.0)
-        for column in fold.carrier_columns:
-            total = torch.zeros((out_rows, *kernel), dtype=dtype)
-            mine = np.flatnonzero(fold.partner == column)
-            for part in _chunks(mine, out_rows, kernel):
-                block = gather(source, rows, fold.contrib[part])
-                factors = torch.as_tensor(scale[part], dtype=dtype)
-                total += (block * factors.reshape((1, -1) + (1,) * len(kernel))).sum(1)
-            new_weight[:, int(column)] = total
-    direct = np.flatnonzero(~via_carrier)
-    if len(direct):
-        extra = torch.zeros(out_rows, dtype=dtype)
-        for part in _chunks(direct, out_rows, kernel):
-            block = gather(source, rows, fold.contrib[part])
-            if kernel:
-                block = block.sum(dim=tuple(range(2, block.dim())))
-            extra += block @ torch.as_tensor(fold.value[part], dtype=dtype)
+    out_rows, in_size, kernel = kept_rows.shape[0], source.shape[1], tuple(source.shape[2:])
+    columns = [int(c) for c in fold.carrier_columns]
+    direct = fold.partner < 0
+    scales = torch.zeros((in_size, len(columns) + 1), dtype=dtype)
+    slot = {c: k for k, c in enumerate(columns)}
+    carried = np.flatnonzero(~direct)
+    if len(carried):
+        where = (
+            _index(fold.contrib[carried]),
+            _index([slot[int(c)] for c in fold.partner[carried]]),
+        )
+        ratio = fold.value[carried] / fold.carrier_value[carried]
+        scales.index_put_(where, torch.as_tensor(ratio, dtype=dtype), accumulate=True)
+    if direct.any():
+        scales[_index(fold.contrib[direct]), -1] = torch.as_tensor(fold.value[direct], dtype=dtype)
+    # (out, K, in) @ (in, columns + 1) -> (out, K, columns + 1)
+    flat = kept_rows.reshape(out_rows, in_size, -1).transpose(1, 2)
+    sums = torch.matmul(flat, scales)
+    for column, k in slot.items():
+        new_weight[:, column] = sums[:, :, k].reshape(out_rows, *kernel)
+    if direct.any():
+        extra = sums[:, :, -1].sum(1)
         base = torch.zeros(out_rows, dtype=dtype) if new_bias is None else new_bias
         new_bias = base + extra
     return new_weight, new_bias

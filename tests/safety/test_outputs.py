@@ -117,7 +117,7 @@ KILL_DRIVER = textwrap.dedent(
 
 def test_a_killed_prune_leaves_the_earlier_outputs_intact(tmp_path, checkpoints, earlier):
     """SIGKILL allows no clean-up: the outputs stay intact; at most hidden temporary files
-    named after them remain (documented in docs/safety.md)."""
+    named after them remain (documented in the README's safety section)."""
     save, before = earlier
     driver = tmp_path / "driver.py"
     driver.write_text(KILL_DRIVER)
