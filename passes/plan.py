@@ -97,6 +97,7 @@ class SlimPlan:
     pruned: int = 0
     threshold: float = float("nan")
     notes: list[str] = field(default_factory=list)
+    frozen: dict[str, str] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
@@ -298,17 +299,12 @@ def plan(
             "network slimming needs BatchNorm layers: the model has no BatchNorm whose "
             "scaling factors govern prunable channels"
         )
-    sinks = _SinkView(cg, _Tables(cg))
     notes: list[str] = []
-    candidates: list[tuple[ChannelGroup, int]] = []
-    for g in cg.groups:
-        if not g.prunable:
-            continue
-        mode = _choose_mode(g, sinks, compensate, notes)
-        if mode is not None:
-            candidates.append((g, mode))
+    frozen: dict[str, str] = {}
+    sinks = _SinkView(cg, _Tables(cg))
+    candidates = _cuttable(cg, sinks, compensate, notes, frozen)
     if not candidates:
-        reasons = sorted({r for g in scored for r in g.frozen} | set(notes))
+        reasons = sorted({r for g in scored for r in g.frozen} | set(frozen.values()))
         raise UnsupportedError(
             "network slimming needs BatchNorm layers whose channels can be removed; every "
             "BatchNorm-governed group is frozen: " + "; ".join(reasons[:5])
@@ -348,10 +344,37 @@ def plan(
         pruned_count,
         threshold,
         notes,
+        frozen,
     )
 
 
-def _choose_mode(g: ChannelGroup, sinks: _SinkView, compensate: bool, notes: list[str]):
+def cuttable_groups(cg: ChannelGraph, *, compensate: bool = True) -> list[ChannelGroup]:
+    """The groups :func:`plan` can prune exactly (with compensation or by zeroing).
+
+    These are the groups whose BatchNorms sparsity training should penalise.
+    """
+    return [g for g, _ in _cuttable(cg, _SinkView(cg, _Tables(cg)), compensate, [], {})]
+
+
+def _cuttable(cg, sinks, compensate, notes, frozen) -> list[tuple[ChannelGroup, int]]:
+    """(group, mode) for every group that can be pruned; ``frozen`` gets the others' why."""
+    out = []
+    for g in cg.groups:
+        if not g.prunable:
+            continue
+        mode, why = _choose_mode(g, sinks, compensate)
+        if mode is None:
+            frozen[g.name] = f"cannot be pruned exactly: {why}"
+            notes.append(f"group {g.name} frozen: {why}")
+            continue
+        if mode == ZERO and compensate:
+            notes.append(f"group {g.name}: compensation not exact ({why}); zeroing instead")
+        out.append((g, mode))
+    return out
+
+
+def _choose_mode(g: ChannelGroup, sinks: _SinkView, compensate: bool):
+    """(mode, why the modes before it failed), or (None, why) when no mode is exact."""
     tried = [BETA, ZERO] if compensate else [ZERO]
     why = ""
     for mode in tried:
@@ -366,12 +389,8 @@ def _choose_mode(g: ChannelGroup, sinks: _SinkView, compensate: bool, notes: lis
             if blocked is not None:
                 why = f"no exact carrier channel reaches {blocked}"
                 continue
-        if mode == ZERO and compensate:
-            notes.append(f"group {g.name}: compensation not exact ({why}); zeroing instead")
-        return mode
-    g.frozen.append(f"cannot be pruned exactly: {why}")
-    notes.append(f"group {g.name} frozen: {why}")
-    return None
+        return mode, why
+    return None, why
 
 
 def _rank(candidates, scores, percent, min_channels, total, notes) -> dict[int, np.ndarray]:

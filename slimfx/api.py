@@ -258,7 +258,9 @@ def _report(model, cg: ChannelGraph, slim_plan: SlimPlan, module: fx.GraphModule
     keep = slim_plan.keep_table(cg, carriers=False)
     structural = slim_plan.keep_table(cg)
     index_of = {name: k for k, (name, _) in enumerate(model.named_modules())}
-    mode_of = {g.id: "frozen" if g.frozen else "kept" for g in cg.groups}
+    mode_of = {
+        g.id: "frozen" if g.frozen or g.name in slim_plan.frozen else "kept" for g in cg.groups
+    }
     by_name = {g.name: g.id for g in cg.groups}
     for name, gp in slim_plan.groups.items():
         mode_of[by_name[name]] = gp.mode
@@ -279,6 +281,7 @@ def _report(model, cg: ChannelGraph, slim_plan: SlimPlan, module: fx.GraphModule
             )
         )
     frozen = [f"{g.name}: {'; '.join(g.frozen)}" for g in cg.groups if g.frozen and g.scorers]
+    frozen += [f"{name}: {why}" for name, why in slim_plan.frozen.items()]
     carriers = sum(1 for gp in slim_plan.groups.values() if gp.carrier is not None)
     return SlimReport(
         percent=slim_plan.percent,

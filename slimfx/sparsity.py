@@ -2,10 +2,10 @@
 
 The paper adds ``s * sum |gamma|`` to the loss; its gradient is the subgradient
 ``s * sign(gamma)``, added to ``gamma.grad`` after ``backward()`` and before the optimizer
-step. Only the BatchNorms the pruner can cut are penalised: the scorers of the prunable
-channel groups that :func:`slimfx.analyze` finds (a BatchNorm whose channels feed the graph
-output, or an op slimfx cannot slice, is left alone — shrinking its gammas would only cost
-accuracy).
+step. Only the BatchNorms the pruner can cut are penalised: the scorers of the channel
+groups :func:`slimfx.plan` can prune exactly (a BatchNorm whose channels feed the graph
+output, an op slimfx cannot slice, or a layer that reads them without a BatchNorm in
+between, is left alone — shrinking its gammas would only cost accuracy).
 
 Use it in any training loop::
 
@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from slimfx.passes.analyze import analyze
+from slimfx.passes.plan import cuttable_groups
 from slimfx.passes.trace import trace
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def prunable_batchnorms(model: nn.Module, example_inputs: Any) -> list[str]:
     """
     inner = unwrap(model)
     cg = analyze(trace(inner, example_inputs))
-    wanted = {s.module for g in cg.prunable_groups for s in g.scorers}
+    wanted = {s.module for g in cuttable_groups(cg) for s in g.scorers}
     return [name for name, _ in inner.named_modules() if name in wanted]
 
 

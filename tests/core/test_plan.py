@@ -132,3 +132,18 @@ def test_plan_of_another_graph_is_rejected(vgg_graph):
     plan = slimfx.plan(vgg_graph[1], 0.4)
     with pytest.raises(slimfx.PlanError):
         slimfx.rewrite(other, plan)
+
+
+def test_plan_is_pure_and_reports_groups_it_cannot_prune():
+    from slimfx.models import PreResNet
+    from slimfx.passes.plan import cuttable_groups
+
+    cg = slimfx.analyze(slimfx.trace(PreResNet(20), torch.randn(1, 3, 32, 32)))
+    before = [list(g.frozen) for g in cg.groups]
+    plan = slimfx.plan(cg, 0.5)
+    assert [list(g.frozen) for g in cg.groups] == before  # the channel graph is not touched
+    # the stage streams read raw by the next stage's downsampling conv cannot be pruned
+    assert set(plan.frozen) == {"conv1", "layer1_0_conv3", "layer2_0_conv3"}
+    assert all("_downsample_0" in why for why in plan.frozen.values())
+    cuttable = {g.name for g in cuttable_groups(cg)}
+    assert cuttable == set(plan.groups) and not cuttable & set(plan.frozen)

@@ -99,3 +99,12 @@ def test_build_model_registry():
         build_model("resnet-nope", 11, "cifar10")
     with pytest.raises(ValueError, match="--depth 12 is not available"):
         build_model("vgg", 12, "cifar10")
+
+
+def test_batchnorms_of_streams_the_pruner_cannot_cut_are_not_penalised():
+    from slimfx.models import PreResNet
+
+    names = prunable_batchnorms(PreResNet(20), torch.randn(1, 3, 32, 32))
+    assert "layer1.1.bn1" not in names and "layer2.1.bn1" not in names  # frozen streams
+    assert "layer3.1.bn1" in names and "bn" in names  # the last stage's stream is cut
+    assert "layer1.0.bn2" in names and "layer1.0.bn3" in names
