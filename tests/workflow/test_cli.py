@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -47,6 +48,11 @@ def test_train_and_refine_from_the_command_line(tmp_path, tiny_pruned, wf):
     assert (tmp_path / "run" / BEST_NAME).is_file()
 
 
+def _ctrl_c_as_in_a_terminal():
+    """A shell's background job starts with SIGINT ignored; a terminal's does not."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_saves_and_resume_finishes(tmp_path, tiny_pruned, wf):
     args = [
         "train",
@@ -55,7 +61,7 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path, tiny_pruned, wf):
         "--refine",
         str(tiny_pruned),
         "--epochs",
-        "40",
+        "400",
         "--lr",
         "0.05",
         "--save",
@@ -67,10 +73,12 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path, tiny_pruned, wf):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},  # see each epoch as it ends
+        preexec_fn=_ctrl_c_as_in_a_terminal,
     )
     try:
         for line in proc.stdout:  # wait until training runs
-            if "epoch 1/40" in line:
+            if "epoch 1/400" in line:
                 break
         time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
@@ -82,7 +90,7 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path, tiny_pruned, wf):
     assert "interrupted" in err and f"--resume {tmp_path / 'run' / CHECKPOINT_NAME}" in err
     assert "Traceback" not in err
     saved = torch.load(tmp_path / "run" / CHECKPOINT_NAME, weights_only=True)
-    assert 1 <= saved["epoch"] < 40
+    assert 1 <= saved["epoch"] < 400
     epochs = str(saved["epoch"] + 1)
     resume = [
         "train",

@@ -127,10 +127,21 @@ def test_sigint_stops_after_the_step_and_resumes_exactly(
         if info.epoch == 1 and info.step == 3:
             os.kill(os.getpid(), signal.SIGINT)
 
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    with pytest.raises(TrainingInterrupted):
-        fit(make_model(wf), small_train, small_test, config(tmp_path, "sig"), on_step_end=ctrl_c)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    # Python's own Ctrl-C handler, as in a terminal (a shell's background job starts with
+    # SIGINT ignored, and Python then leaves it ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(TrainingInterrupted):
+            fit(
+                make_model(wf),
+                small_train,
+                small_test,
+                config(tmp_path, "sig"),
+                on_step_end=ctrl_c,
+            )
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    finally:
+        signal.signal(signal.SIGINT, previous)
     saved = torch.load(tmp_path / "sig" / CHECKPOINT_NAME, weights_only=True)
     assert saved["epoch"] == 0 and saved["step"] == 3  # the signalled step completed
     resumed = fit(
