@@ -17,8 +17,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from slimfx.rules.base import Passthrough, first_input, module_arg_tensor
+from slimfx.rules.folding import gather
 from slimfx.rules.registry import register
-from slimfx.rules.slicing import sliced_shell, take
+from slimfx.rules.slicing import sliced_shell
 
 
 class ElementwiseUnary(Passthrough):
@@ -158,7 +159,7 @@ class PReLU(ElementwiseUnary):
         if module.num_parameters == 1 or ctx.layout(first_input(node)) is None:
             return ctx.emit(node, module=ctx.unchanged(node))
         kept = ctx.kept(first_input(node))
-        new = sliced_shell(module, weight=ctx.cast(take(module.weight, 0, kept)))
+        new = sliced_shell(module, weight=ctx.cast(gather(module.weight, kept)))
         new.num_parameters = len(kept)
         return ctx.emit(node, module=new)
 

@@ -11,8 +11,9 @@ import torch
 import torch.nn as nn
 
 from slimfx.rules.base import Passthrough, first_input
+from slimfx.rules.folding import gather
 from slimfx.rules.registry import register
-from slimfx.rules.slicing import sliced_shell, take
+from slimfx.rules.slicing import sliced_shell
 from slimfx.values import PrunedValues
 
 
@@ -52,7 +53,7 @@ class BatchNorm(Passthrough):
         for name in ("weight", "bias", "running_mean", "running_var"):
             value = getattr(bn, name)
             if value is not None:
-                tensors[name] = ctx.cast(take(value, 0, kept))
+                tensors[name] = ctx.cast(gather(value, kept))
         if carriers.any() and bn.affine:
             fill = {"weight": 0.0, "bias": 1.0, "running_mean": 0.0, "running_var": 1.0}
             for name, value in fill.items():

@@ -5,26 +5,8 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 
-import numpy as np
 import torch
 import torch.nn as nn
-
-
-def take(tensor: torch.Tensor, dim: int, positions: np.ndarray | None) -> torch.Tensor:
-    """A new tensor holding ``positions`` of ``tensor`` along ``dim`` (all when ``None``)."""
-    tensor = tensor.detach()
-    if positions is None or (
-        len(positions) == tensor.shape[dim]
-        and np.array_equal(positions, np.arange(tensor.shape[dim]))
-    ):
-        return tensor.clone()
-    index = torch.as_tensor(np.asarray(positions, dtype=np.int64), device=tensor.device)
-    return tensor.index_select(dim, index)
-
-
-def clone_module(module: nn.Module) -> nn.Module:
-    """An independent copy of an unchanged module."""
-    return copy.deepcopy(module)
 
 
 def sliced_shell(module: nn.Module, **tensors: torch.Tensor | None) -> nn.Module:
