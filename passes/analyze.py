@@ -45,6 +45,7 @@ class AnalyzeContext:
 
     def __init__(self, gm: fx.GraphModule, strict: bool):
         self.gm = gm
+        self.submodules = dict(gm.named_modules())
         self.strict = strict
         self.layouts: dict[str, Any] = {}
         self.graph = nx.Graph()
@@ -58,7 +59,7 @@ class AnalyzeContext:
 
     # -- reading ---------------------------------------------------------------------
     def module(self, node: fx.Node):
-        return self.gm.get_submodule(str(node.target))
+        return self.submodules[str(node.target)]
 
     def shape(self, node: Any) -> tuple[int, ...] | None:
         return node_shape(node)
@@ -229,7 +230,7 @@ def analyze(gm: fx.GraphModule, *, strict: bool = False) -> ChannelGraph:
             ctx.layouts[node.name] = None  # a Python value (x.size(0)), no channels
             continue
         else:
-            rule = rule_for(node, gm) or unknown
+            rule = rule_for(node, gm, ctx.submodules) or unknown
         ctx.layouts[node.name] = rule.analyze(node, ctx)
         if node.op == "call_module" and node.target in shared:
             touched = ctx.layouts_in((node.args, node.kwargs)) + ctx.layouts_in([node])

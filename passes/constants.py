@@ -45,11 +45,12 @@ class PropagateContext:
     def __init__(self, cg: ChannelGraph, modes: np.ndarray):
         self.cg = cg
         self.gm = cg.gm
+        self.submodules = dict(cg.gm.named_modules())
         self.modes = modes
         self.table: dict[str, Any] = {}
 
     def module(self, node: fx.Node):
-        return self.gm.get_submodule(str(node.target))
+        return self.submodules[str(node.target)]
 
     def layout(self, node: Any) -> Layout | None:
         return self.cg.layout(node) if isinstance(node, fx.Node) else None
@@ -135,7 +136,7 @@ def propagate(cg: ChannelGraph, modes: np.ndarray | Mapping[int, int] | int) -> 
                 ctx.table[node.name] = None
                 continue
             else:
-                rule = rule_for(node, cg.gm) or unknown
+                rule = rule_for(node, cg.gm, ctx.submodules) or unknown
             layout = cg.layouts.get(node.name)
             if layout is None:
                 ctx.table[node.name] = None

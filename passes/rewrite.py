@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.fx as fx
+from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 import slimfx.rules  # noqa: F401
 from slimfx.channel_graph import ChannelGraph
@@ -26,7 +27,7 @@ from slimfx.errors import PlanError
 from slimfx.layout import Layout
 from slimfx.passes.constants import CARRIER, propagate
 from slimfx.passes.plan import SlimPlan
-from slimfx.passes.trace import propagate_shapes, restore_containers
+from slimfx.passes.trace import restore_containers
 from slimfx.rules.base import node_shape
 from slimfx.rules.graph_io import Output, Placeholder, Unknown
 from slimfx.rules.registry import rule_for
@@ -74,6 +75,7 @@ class RewriteContext:
     def __init__(self, cg: ChannelGraph, plan: SlimPlan, dtype: torch.dtype | None):
         self.cg = cg
         self.gm = cg.gm
+        self.submodules = dict(cg.gm.named_modules())
         self.layouts = cg.layouts
         self.dtype = dtype
         self.keep = plan.keep_table(cg)
@@ -92,7 +94,7 @@ class RewriteContext:
 
     # -- reading ---------------------------------------------------------------------
     def module(self, node: fx.Node) -> torch.nn.Module:
-        return self.gm.get_submodule(str(node.target))
+        return self.submodules[str(node.target)]
 
     def layout(self, node: Any) -> Layout | None:
         return self.cg.layout(node) if isinstance(node, fx.Node) else None
@@ -284,7 +286,7 @@ def rewrite(
                 ctx.env[node] = ctx.emit(node)
                 continue
             else:
-                rule = rule_for(node, cg.gm) or unknown
+                rule = rule_for(node, cg.gm, ctx.submodules) or unknown
             ctx.env[node] = rule.rewrite(node, ctx)
     for node in list(ctx.graph.nodes):
         if node.op == "get_attr" and not node.users:
@@ -308,10 +310,47 @@ def rewrite(
     restore_containers(slim, cg.gm)
     slim.graph.lint()
     slim.training = cg.gm.training
-    example = [
-        torch.zeros(n.meta["tensor_meta"].shape, dtype=dtype or n.meta["tensor_meta"].dtype)
-        for n in cg.gm.graph.nodes
-        if n.op == "placeholder"
-    ]
-    propagate_shapes(slim, tuple(example))
+    _record_shapes(ctx)
     return slim
+
+
+def _record_shapes(ctx: RewriteContext) -> None:
+    """Give every slim node the ``tensor_meta`` of its original, channel axis resized.
+
+    A channel axis with a layout shrinks to its kept positions; every other axis, and every
+    tensor without a layout, keeps its size: an op whose output size depends on channels in
+    another way froze those channels in the analysis.
+    """
+    for node, new in ctx.env.items():
+        meta = node.meta.get("tensor_meta")
+        if meta is None:
+            continue
+        layout = ctx.layouts.get(node.name)
+        if hasattr(meta, "shape"):
+            new.meta["tensor_meta"] = _resized(meta, layout, ctx)
+        elif isinstance(meta, tuple | list) and isinstance(layout, tuple):
+            new.meta["tensor_meta"] = type(meta)(
+                _resized(m, lay, ctx) for m, lay in zip(meta, layout, strict=True)
+            )
+    for new in ctx.graph.nodes:
+        if new.op == "get_attr" and "tensor_meta" not in new.meta:
+            value = ctx.attrs.get(str(new.target))
+            if isinstance(value, torch.Tensor):
+                new.meta["tensor_meta"] = _extract_tensor_metadata(value)
+
+
+def _resized(meta, layout, ctx: RewriteContext):
+    shape = list(meta.shape)
+    if isinstance(layout, Layout) and len(shape) >= 2:
+        shape[1] = int(ctx.keep.mask(layout).sum())
+    dtype = ctx.dtype if ctx.dtype is not None and meta.dtype.is_floating_point else meta.dtype
+    stride, step = [], 1
+    for size in reversed(shape):
+        stride.append(step)
+        step *= max(size, 1)
+    return meta._replace(
+        shape=torch.Size(shape),
+        dtype=dtype,
+        stride=tuple(reversed(stride)),
+        memory_format=torch.contiguous_format,
+    )

@@ -56,10 +56,17 @@ def module_rule(module: torch.nn.Module) -> Any | None:
     return None
 
 
-def rule_for(node: fx.Node, gm: fx.GraphModule) -> Any | None:
-    """The rule registered for ``node``'s op, or ``None``."""
+def rule_for(
+    node: fx.Node, gm: fx.GraphModule, modules: dict[str, torch.nn.Module] | None = None
+) -> Any | None:
+    """The rule registered for ``node``'s op, or ``None``.
+
+    ``modules`` (``dict(gm.named_modules())``) saves walking the module tree per node.
+    """
     if node.op == "call_module":
-        return module_rule(gm.get_submodule(str(node.target)))
+        target = str(node.target)
+        module = modules[target] if modules is not None else gm.get_submodule(target)
+        return module_rule(module)
     if node.op == "call_function":
         try:
             return _FUNCTION_RULES.get(node.target)

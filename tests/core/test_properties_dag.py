@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import slimfx
+from slimfx.passes.trace import propagate_shapes
 from slimfx.testing import assert_matches_oracle, randomize_batchnorm
 
 BLOCKS = [
@@ -147,3 +148,17 @@ def test_random_dag_models_slim_exactly_in_both_modes(
         for gp in res.plan.groups.values():
             assert len(gp.kept) >= 1
         assert_matches_oracle(model, x, res)
+        assert_recorded_shapes_are_real(res.module, x)
+
+
+def assert_recorded_shapes_are_real(slim, x):
+    """The shapes rewrite records (derived from the original's) equal a real run's."""
+    recorded = {n.name: _shapes(n) for n in slim.graph.nodes if "tensor_meta" in n.meta}
+    propagate_shapes(slim, (x,))
+    real = {n.name: _shapes(n) for n in slim.graph.nodes if "tensor_meta" in n.meta}
+    assert {k: v for k, v in recorded.items() if k in real} == real
+
+
+def _shapes(node):
+    meta = node.meta["tensor_meta"]
+    return tuple(meta.shape) if hasattr(meta, "shape") else tuple(tuple(m.shape) for m in meta)
