@@ -17,8 +17,10 @@ into each consumer.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -37,6 +39,24 @@ ZERO = 1
 CARRIER = 2
 
 MODE_NAMES = {BETA: "compensate", ZERO: "zero", CARRIER: "carrier"}
+
+_shared_tables: contextvars.ContextVar[tuple[ChannelGraph, dict] | None] = contextvars.ContextVar(
+    "slimfx_shared_tables", default=None
+)
+
+
+@contextlib.contextmanager
+def shared_tables(cg: ChannelGraph) -> Iterator[None]:
+    """Within the block, :func:`propagate` on ``cg`` computes each mode assignment once.
+
+    For one plan-and-rewrite sequence in which the model's weights do not change (the
+    values depend on BatchNorm betas): the plan and the rewrite ask for the same tables.
+    """
+    token = _shared_tables.set((cg, {}))
+    try:
+        yield
+    finally:
+        _shared_tables.reset(token)
 
 
 class PropagateContext:
@@ -121,6 +141,11 @@ def propagate(cg: ChannelGraph, modes: np.ndarray | Mapping[int, int] | int) -> 
         mode_array = np.array([modes[g.id] for g in cg.groups], dtype=np.int64)
     else:
         mode_array = np.asarray(modes, dtype=np.int64)
+    shared = _shared_tables.get()
+    cache = shared[1] if shared is not None and shared[0] is cg else None
+    key = mode_array.tobytes()
+    if cache is not None and key in cache:
+        return cache[key]
     ctx = PropagateContext(cg, mode_array)
     special = {
         "placeholder": Placeholder(),
@@ -142,4 +167,6 @@ def propagate(cg: ChannelGraph, modes: np.ndarray | Mapping[int, int] | int) -> 
                 ctx.table[node.name] = None
                 continue
             ctx.table[node.name] = rule.propagate(node, ctx)
+    if cache is not None:
+        cache[key] = ctx.table
     return ctx.table

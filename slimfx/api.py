@@ -15,6 +15,7 @@ from slimfx.channel_graph import ChannelGraph
 from slimfx.counting import count_macs, count_params
 from slimfx.errors import EquivalenceError
 from slimfx.passes.analyze import analyze
+from slimfx.passes.constants import shared_tables
 from slimfx.passes.plan import SlimPlan, plan
 from slimfx.passes.rewrite import rewrite
 from slimfx.passes.trace import trace
@@ -176,15 +177,16 @@ def slim(
     if verify:  # NaN compares unequal to everything: name the tensors before verifying
         check_finite_weights(model)
     cg = analyze(gm, strict=strict)
-    slim_plan = plan(
-        cg,
-        percent,
-        min_channels=min_channels,
-        round_to=round_to,
-        compensate=compensate,
-        group_score=group_score,
-    )
-    module = rewrite(cg, slim_plan)
+    with shared_tables(cg):  # the plan and the rewrite propagate the same constants
+        slim_plan = plan(
+            cg,
+            percent,
+            min_channels=min_channels,
+            round_to=round_to,
+            compensate=compensate,
+            group_score=group_score,
+        )
+        module = rewrite(cg, slim_plan)
     result = SlimResult(
         module=module,
         kept=_kept_by_bn(cg, slim_plan),

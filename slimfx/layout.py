@@ -25,7 +25,7 @@ class Layout:
         Group id and channel-in-group of every position of the axis.
     """
 
-    __slots__ = ("group", "index")
+    __slots__ = ("_plain", "group", "index")
 
     def __init__(self, group: np.ndarray, index: np.ndarray):
         group = np.asarray(group, dtype=np.int64)
@@ -36,11 +36,14 @@ class Layout:
         index.setflags(write=False)
         self.group = group
         self.index = index
+        self._plain: int | bool | None = False  # not computed yet
 
     @classmethod
     def plain(cls, group_id: int, size: int) -> Layout:
         """The layout of a tensor that holds group ``group_id`` whole and in order."""
-        return cls(np.full(size, group_id, dtype=np.int64), np.arange(size, dtype=np.int64))
+        layout = cls(np.full(size, group_id, dtype=np.int64), np.arange(size, dtype=np.int64))
+        layout._plain = group_id if size and group_id != UNTRACKED else None
+        return layout
 
     @classmethod
     def untracked(cls, size: int) -> Layout:
@@ -80,6 +83,11 @@ class Layout:
 
     def plain_group(self) -> int | None:
         """The group id if this layout is one group, whole and in order, else ``None``."""
+        if self._plain is False:
+            self._plain = self._find_plain_group()
+        return self._plain
+
+    def _find_plain_group(self) -> int | None:
         if len(self) == 0:
             return None
         g = int(self.group[0])
@@ -135,6 +143,7 @@ class KeepTable:
 
     def __init__(self, keep: Mapping[int, np.ndarray], default: bool = True):
         self._default = default
+        self._masks: dict[int, tuple[Layout, np.ndarray]] = {}
         masks = {int(g): np.asarray(mask, dtype=bool) for g, mask in keep.items()}
         size = max(masks, default=-1) + 1
         self._offset = np.full(size, -1, dtype=np.int64)
@@ -147,7 +156,23 @@ class KeepTable:
         )
 
     def mask(self, layout: Layout) -> np.ndarray:
-        """Boolean mask over the layout's positions (True where the position stays)."""
+        """Boolean mask over the layout's positions (True where the position stays).
+
+        The array is read-only: it is computed once per layout and shared.
+        """
+        cached = self._masks.get(id(layout))
+        if cached is not None and cached[0] is layout:
+            return cached[1]
+        out = self._compute_mask(layout)
+        out.setflags(write=False)
+        self._masks[id(layout)] = (layout, out)
+        return out
+
+    def _compute_mask(self, layout: Layout) -> np.ndarray:
+        g = layout.plain_group()
+        if g is not None and g < len(self._offset) and self._offset[g] >= 0:
+            start = int(self._offset[g])
+            return self._flat[start : start + len(layout)].copy()
         out = np.full(len(layout), self._default, dtype=bool)
         group = layout.group
         inside = (group >= 0) & (group < len(self._offset))

@@ -44,13 +44,23 @@ def _run_length(cols: np.ndarray, size: int) -> int:
 
 
 def _select_columns(tensor: torch.Tensor, cols: np.ndarray) -> torch.Tensor:
-    """``tensor[:, cols]``, copying whole runs at once when the columns come in runs."""
+    """``tensor[:, cols]``, copying whole runs at once when the columns come in runs.
+
+    ``index_select`` along dim 0 copies contiguous slices; along dim 1 it copies element by
+    element. So a kernel-shaped tensor ``(R, C, *kernel)`` is viewed as ``(R * C, kernel)``
+    and its ``(row, column)`` slices are picked along dim 0.
+    """
     k = _run_length(cols, tensor.shape[1])
-    if k == 1:
+    if k > 1:
+        blocks = tensor.reshape(tensor.shape[0], tensor.shape[1] // k, k, *tensor.shape[2:])
+        picked = blocks.index_select(1, _index(cols[::k] // k))
+        return picked.reshape(tensor.shape[0], len(cols), *tensor.shape[2:])
+    if tensor.dim() < 3 or not tensor.is_contiguous():
         return tensor.index_select(1, _index(cols))
-    blocks = tensor.reshape(tensor.shape[0], tensor.shape[1] // k, k, *tensor.shape[2:])
-    picked = blocks.index_select(1, _index(cols[::k] // k))
-    return picked.reshape(tensor.shape[0], len(cols), *tensor.shape[2:])
+    rows, size = tensor.shape[0], tensor.shape[1]
+    flat = np.arange(0, rows * size, size, dtype=np.int64)[:, None] + np.asarray(cols)[None, :]
+    picked = tensor.reshape(rows * size, -1).index_select(0, torch.from_numpy(flat.ravel()))
+    return picked.reshape(rows, len(cols), *tensor.shape[2:])
 
 
 def gather(tensor: torch.Tensor, rows: np.ndarray | None, cols: np.ndarray | None = None):
@@ -92,7 +102,7 @@ def fold_weights(weight, bias, rows, fold, dtype):
     Notes
     -----
     All folded sums come from one matrix product of the kept rows with a sparse matrix of
-    scale factors (one column per carrier, one for the bias): the weights are read once,
+    scale factors (one row per carrier, one for the bias): the weights are read once,
     in order, and nothing the size of the pruned part is copied.
     """
     dtype = dtype or weight.dtype
@@ -105,25 +115,24 @@ def fold_weights(weight, bias, rows, fold, dtype):
     out_rows, in_size, kernel = kept_rows.shape[0], source.shape[1], tuple(source.shape[2:])
     columns = [int(c) for c in fold.carrier_columns]
     direct = fold.partner < 0
-    scales = torch.zeros((in_size, len(columns) + 1), dtype=dtype)
+    scales = torch.zeros((len(columns) + 1, in_size), dtype=dtype)
     slot = {c: k for k, c in enumerate(columns)}
     carried = np.flatnonzero(~direct)
     if len(carried):
         where = (
-            _index(fold.contrib[carried]),
             _index([slot[int(c)] for c in fold.partner[carried]]),
+            _index(fold.contrib[carried]),
         )
         ratio = fold.value[carried] / fold.carrier_value[carried]
         scales.index_put_(where, torch.as_tensor(ratio, dtype=dtype), accumulate=True)
     if direct.any():
-        scales[_index(fold.contrib[direct]), -1] = torch.as_tensor(fold.value[direct], dtype=dtype)
-    # (out, K, in) @ (in, columns + 1) -> (out, K, columns + 1)
-    flat = kept_rows.reshape(out_rows, in_size, -1).transpose(1, 2)
-    sums = torch.matmul(flat, scales)
+        scales[-1, _index(fold.contrib[direct])] = torch.as_tensor(fold.value[direct], dtype=dtype)
+    # (columns + 1, in) @ (out, in, K) -> (out, columns + 1, K): reads the kept rows once
+    sums = torch.matmul(scales, kept_rows.reshape(out_rows, in_size, -1))
     for column, k in slot.items():
-        new_weight[:, column] = sums[:, :, k].reshape(out_rows, *kernel)
+        new_weight[:, column] = sums[:, k].reshape(out_rows, *kernel)
     if direct.any():
-        extra = sums[:, :, -1].sum(1)
+        extra = sums[:, -1].sum(1)
         base = torch.zeros(out_rows, dtype=dtype) if new_bias is None else new_bias
         new_bias = base + extra
     return new_weight, new_bias
