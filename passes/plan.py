@@ -181,6 +181,13 @@ def group_scores(
     more than once.
     """
     cache = {} if cache is None else cache
+    if len(group.scorers) == 1:
+        scorer = group.scorers[0]  # one BatchNorm scores every channel: no aggregation
+        if scorer.module not in cache:
+            cache[scorer.module] = gammas(cg, scorer.module)
+        out = np.zeros(group.size)
+        out[scorer.group_index] = cache[scorer.module][scorer.bn_channel]
+        return out
     stacked = np.full((len(group.scorers), group.size), np.nan)
     for row, scorer in enumerate(group.scorers):
         if scorer.module not in cache:
@@ -326,7 +333,7 @@ def plan(
         groups[g.name] = GroupPlan(
             g.name,
             g.size,
-            [int(i) for i in kept],
+            kept.tolist(),
             carrier,
             "compensate" if mode == BETA else "zero",
         )
@@ -414,11 +421,10 @@ def _rank(candidates, scores, percent, min_channels, total, notes) -> dict[int, 
         )
         n_prune = len(score)
     order = np.lexsort((index, group, score))[:n_prune]
-    prune = {g.id: np.zeros(g.size, dtype=bool) for g, _ in candidates}
-    for k in order:
-        g = candidates[group[k]][0]
-        prune[g.id][index[k]] = True
-    return prune
+    offsets = np.cumsum([0] + [g.size for g, _ in candidates])
+    flat = np.zeros(int(offsets[-1]), dtype=bool)
+    flat[offsets[group[order]] + index[order]] = True
+    return {g.id: flat[offsets[k] : offsets[k + 1]] for k, (g, _) in enumerate(candidates)}
 
 
 def _balance_blocks(g, pruned, score, round_to, min_channels) -> np.ndarray:
@@ -438,12 +444,14 @@ def _balance_blocks(g, pruned, score, round_to, min_channels) -> np.ndarray:
 
 def _round_and_carry(g, mode, pruned, score, round_to, sinks) -> tuple[np.ndarray, int | None]:
     pruned = pruned.copy()
-    restore_order = [int(i) for i in np.argsort(-score, kind="stable") if pruned[i]]
+    by_score = np.argsort(-score, kind="stable")
+    restore_order = by_score[pruned[by_score]]
+    restored = 0
 
     def restore(count: int) -> None:
-        for _ in range(count):
-            if restore_order:
-                pruned[restore_order.pop(0)] = False
+        nonlocal restored
+        pruned[restore_order[restored : restored + count]] = False
+        restored = min(len(restore_order), restored + count)
 
     for _ in range(4):
         carrier = bool(pruned.any()) and sinks.needs_carrier(g.id, mode, pruned)

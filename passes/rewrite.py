@@ -196,14 +196,9 @@ class RewriteContext:
                 pass  # a module called more than once; analysis froze its channels
             else:
                 self.modules[target] = module if module is not None else self.unchanged(node)
-        mapped = mapped or set()
-        new_args = fx.node.map_arg(
-            node.args if args is None else args, lambda n: n if n in mapped else self.env[n]
-        )
-        new_kwargs = fx.node.map_arg(
-            node.kwargs if kwargs is None else kwargs,
-            lambda n: n if n in mapped else self.env[n],
-        )
+        env = self.env if not mapped else _Passing(self.env, mapped)
+        new_args = _map_nodes(node.args if args is None else args, env)
+        new_kwargs = _map_nodes(node.kwargs if kwargs is None else kwargs, env)
         new = self.graph.create_node(
             node.op, node.target, new_args, new_kwargs, name=node.name, type_expr=node.type
         )
@@ -211,8 +206,8 @@ class RewriteContext:
 
     def emit_function(self, node: fx.Node, fn, args: tuple, kwargs: dict) -> fx.Node:
         """Emit ``fn(*args, **kwargs)`` in place of ``node``."""
-        new_args = fx.node.map_arg(args, lambda n: self.env[n])
-        new_kwargs = fx.node.map_arg(kwargs, lambda n: self.env[n])
+        new_args = _map_nodes(args, self.env)
+        new_kwargs = _map_nodes(kwargs, self.env)
         return self.graph.create_node("call_function", fn, new_args, new_kwargs, name=node.name)
 
     def emit_attr(self, node: fx.Node) -> fx.Node:
@@ -250,6 +245,40 @@ class RewriteContext:
         if isinstance(value, torch.nn.Parameter):
             return torch.nn.Parameter(cloned, requires_grad=value.requires_grad)
         return cloned
+
+
+class _Passing(dict):
+    """``env`` that maps the nodes of ``mapped`` (already in the slim graph) to themselves."""
+
+    def __init__(self, env: dict, mapped: set):
+        super().__init__()
+        self.env, self.mapped = env, mapped
+
+    def __missing__(self, node: fx.Node) -> fx.Node:
+        return node if node in self.mapped else self.env[node]
+
+
+def _map_nodes(value: Any, env: dict) -> Any:
+    """``value`` with every fx node replaced by ``env[node]`` (like ``fx.node.map_arg``).
+
+    Containers are rebuilt as the plain types the graph stores them as; written out here
+    because the per-node cost of the general tree mapping shows in the pass time.
+    """
+    if isinstance(value, fx.Node):
+        return env[value]
+    kind = type(value)
+    if kind is tuple or kind is list or kind is fx.immutable_collections.immutable_list:
+        mapped = [_map_nodes(v, env) for v in value]
+        return tuple(mapped) if kind is tuple else mapped
+    if isinstance(value, dict):
+        return {k: _map_nodes(v, env) for k, v in value.items()}
+    if kind is slice:
+        return slice(
+            _map_nodes(value.start, env), _map_nodes(value.stop, env), _map_nodes(value.step, env)
+        )
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
+        return kind(*(_map_nodes(v, env) for v in value))
+    return value
 
 
 def rewrite(

@@ -36,6 +36,7 @@ import slimfx.rules  # noqa: F401  (registers the rules that decide leaves)
 from slimfx.errors import TraceError
 from slimfx.numerics import as_input_tuple, eval_mode
 from slimfx.rules.registry import module_rule
+from slimfx.shapes import output_shape
 from slimfx.validation import expected_input
 
 logger = logging.getLogger(__name__)
@@ -221,19 +222,12 @@ def _first_layer(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> str:
     return got
 
 
-_SHAPE_PRESERVING = (
-    torch.nn.modules.batchnorm._BatchNorm,
-    torch.nn.ReLU,
-    torch.nn.ReLU6,
-    torch.nn.LeakyReLU,
-    torch.nn.SiLU,
-    torch.nn.Hardswish,
-    torch.nn.Hardsigmoid,
-    torch.nn.Sigmoid,
-    torch.nn.GELU,
-    torch.nn.Identity,
-    torch.nn.modules.dropout._DropoutNd,
-)
+def _known_output_shape(mod: torch.nn.Module, inp: torch.Tensor) -> tuple[int, ...] | None:
+    """The output shape from :func:`slimfx.shapes.output_shape`, when dtypes agree too."""
+    weight = getattr(mod, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dtype != inp.dtype:
+        return None  # PyTorch refuses mixed dtypes: let it say so
+    return output_shape(mod, tuple(inp.shape))
 
 
 class _NodeFailure(Exception):
@@ -265,9 +259,10 @@ class _ShapeRecorder(fx.Interpreter):
 
     def call_module(self, target, args, kwargs):
         mod = self.fetch_attr(target)
-        shape_preserving = isinstance(mod, _SHAPE_PRESERVING) and len(args) == 1
-        if self.on_meta and shape_preserving and isinstance(args[0], torch.Tensor):
-            return torch.empty_like(args[0])  # same shape and dtype; skip the meta kernels
+        if self.on_meta and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
+            shape = _known_output_shape(mod, args[0])
+            if shape is not None:  # skip the meta kernels
+                return torch.empty(shape, dtype=args[0].dtype, device="meta")
         state = self._state(mod)
         if not state:
             return mod.forward(*args, **kwargs)  # stateless: nothing to swap

@@ -36,6 +36,8 @@ class SlimResult:
     ----------
     module : torch.fx.GraphModule
         The structurally slimmed model (a new module; the input model is not modified).
+    plan : SlimPlan
+    channel_graph : ChannelGraph
     kept : dict
         BatchNorm qualified name → sorted kept channel indices, for every BatchNorm of a
         prunable group.
@@ -46,20 +48,17 @@ class SlimResult:
         For VGG-style models, the cfg list (``VGG(cfg=cfg)`` builds the slim architecture;
         a carrier channel counts in it).
     report : SlimReport
-    plan : SlimPlan
-    channel_graph : ChannelGraph
+
+    ``kept``, ``zeroed``, ``cfg`` and ``report`` are derived from the plan and the modules
+    on first access.
     """
 
     module: fx.GraphModule
-    kept: dict[str, list[int]]
-    zeroed: dict[str, list[int]]
-    cfg: list | None
-    report: SlimReport
     plan: SlimPlan
     channel_graph: ChannelGraph
     _model: torch.nn.Module = field(repr=False, default=None)
     _reference: torch.nn.Module | None = field(repr=False, default=None)
-
+    _derived: dict[str, Any] = field(repr=False, default_factory=dict)
     _example_inputs: Any = field(repr=False, default=None)
 
     def verify(self, example_inputs: Any = None) -> float:
@@ -99,6 +98,32 @@ class SlimResult:
             exc.result = self
             raise
         return self.report.verification_error
+
+    def _once(self, name: str, build) -> Any:
+        if name not in self._derived:
+            self._derived[name] = build()
+        return self._derived[name]
+
+    @property
+    def kept(self) -> dict[str, list[int]]:
+        return self._once("kept", lambda: _kept_by_bn(self.channel_graph, self.plan))
+
+    @property
+    def zeroed(self) -> dict[str, list[int]]:
+        return self._once("zeroed", lambda: _zeroed_by_bn(self.channel_graph, self.plan))
+
+    @property
+    def cfg(self) -> list | None:
+        return self._once("cfg", lambda: slim_cfg(self._model, self.module))
+
+    @property
+    def report(self) -> SlimReport:
+        def build() -> SlimReport:
+            report = _report(self._model, self.channel_graph, self.plan, self.module)
+            report.cfg = self.cfg
+            return report
+
+        return self._once("report", build)
 
     @property
     def reference(self) -> torch.nn.Module:
@@ -189,26 +214,18 @@ def slim(
         module = rewrite(cg, slim_plan)
     result = SlimResult(
         module=module,
-        kept=_kept_by_bn(cg, slim_plan),
-        zeroed=_zeroed_by_bn(cg, slim_plan),
-        cfg=None,
-        report=_report(model, cg, slim_plan, module),
         plan=slim_plan,
         channel_graph=cg,
         _model=model,
         _example_inputs=example_inputs,
     )
-    result.cfg = slim_cfg(model, module)
-    result.report.cfg = result.cfg
     if verify:
         result.verify()
     logger.info(
-        "slimmed %s: %d of %d channels pruned, params %d -> %d",
+        "slimmed %s: %d of %d channels pruned",
         type(model).__name__,
         slim_plan.pruned,
         slim_plan.total,
-        result.report.params_before,
-        result.report.params_after,
     )
     return result
 

@@ -159,8 +159,11 @@ class PReLU(ElementwiseUnary):
         if module.num_parameters == 1 or ctx.layout(first_input(node)) is None:
             return ctx.emit(node, module=ctx.unchanged(node))
         kept = ctx.kept(first_input(node))
-        new = sliced_shell(module, weight=ctx.cast(gather(module.weight, kept)))
-        new.num_parameters = len(kept)
+        new = sliced_shell(
+            module,
+            {"num_parameters": len(kept)},
+            weight=ctx.cast(gather(module.weight, kept)),
+        )
         return ctx.emit(node, module=new)
 
 

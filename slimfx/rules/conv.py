@@ -84,8 +84,8 @@ class Conv(Rule):
         if _is_depthwise(conv) and ctx.layout(node) is not None:
             kept = ctx.kept(node)
             bias = ctx.cast(gather(conv.bias, kept)) if conv.bias is not None else None
-            new = sliced_shell(conv, weight=ctx.cast(gather(conv.weight, kept)), bias=bias)
-            new.in_channels = new.out_channels = new.groups = len(kept)
+            sizes = dict.fromkeys(("in_channels", "out_channels", "groups"), len(kept))
+            new = sliced_shell(conv, sizes, weight=ctx.cast(gather(conv.weight, kept)), bias=bias)
             return ctx.emit(node, module=new)
         if conv.groups != 1:
             return ctx.emit(node, module=slice_grouped(conv, node, ctx))

@@ -127,8 +127,11 @@ def fold_weights(weight, bias, rows, fold, dtype):
         scales.index_put_(where, torch.as_tensor(ratio, dtype=dtype), accumulate=True)
     if direct.any():
         scales[-1, _index(fold.contrib[direct])] = torch.as_tensor(fold.value[direct], dtype=dtype)
-    # (columns + 1, in) @ (out, in, K) -> (out, columns + 1, K): reads the kept rows once
-    sums = torch.matmul(scales, kept_rows.reshape(out_rows, in_size, -1))
+    if kernel and any(k > 1 for k in kernel):
+        # (columns + 1, in) @ (out, in, K) -> (out, columns + 1, K): reads the kept rows once
+        sums = torch.matmul(scales, kept_rows.reshape(out_rows, in_size, -1))
+    else:  # a linear layer or 1x1 convolution: one matrix product
+        sums = (kept_rows.reshape(out_rows, in_size) @ scales.T).unsqueeze(2)
     for column, k in slot.items():
         new_weight[:, column] = sums[:, k].reshape(out_rows, *kernel)
     if direct.any():
@@ -152,10 +155,8 @@ def slice_consumer(module: nn.Module, node, ctx, in_attr: str, out_attr: str) ->
         weight[_index(np.flatnonzero(carriers))] = 0
         if bias is not None:
             bias[_index(np.flatnonzero(carriers))] = 0
-    new = sliced_shell(module, weight=weight, bias=bias)
-    setattr(new, in_attr, weight.shape[1])
-    setattr(new, out_attr, weight.shape[0])
-    return new
+    sizes = {in_attr: weight.shape[1], out_attr: weight.shape[0]}
+    return sliced_shell(module, sizes, weight=weight, bias=bias)
 
 
 def slice_grouped(conv: nn.Module, node, ctx) -> nn.Module:
@@ -193,7 +194,5 @@ def slice_grouped(conv: nn.Module, node, ctx) -> nn.Module:
     bias = None if conv.bias is None else gather(conv.bias, rows).to(dtype)
     if len(fold.contrib):
         bias = extra if bias is None else bias + extra
-    new = sliced_shell(conv, weight=weight, bias=bias)
-    new.in_channels = weight.shape[1] * groups
-    new.out_channels = weight.shape[0]
-    return new
+    sizes = {"in_channels": weight.shape[1] * groups, "out_channels": weight.shape[0]}
+    return sliced_shell(conv, sizes, weight=weight, bias=bias)

@@ -7,11 +7,11 @@ slim model a carrier channel is a BatchNorm channel with ``gamma = 0`` and ``bet
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from slimfx.rules.base import Passthrough, first_input
-from slimfx.rules.folding import gather
 from slimfx.rules.registry import register
 from slimfx.rules.slicing import sliced_shell
 from slimfx.values import PrunedValues
@@ -48,17 +48,18 @@ class BatchNorm(Passthrough):
         kept = ctx.kept(node)
         if kept is None:
             return ctx.emit(node, module=ctx.unchanged(node))
-        carriers = torch.as_tensor(ctx.carriers(node))
+        carriers = np.flatnonzero(ctx.carriers(node)) if bn.affine else ()
+        index = torch.from_numpy(np.ascontiguousarray(kept, dtype=np.int64))
+        whole = len(kept) == bn.num_features  # kept positions are sorted and distinct
         tensors = {}
         for name in ("weight", "bias", "running_mean", "running_var"):
             value = getattr(bn, name)
             if value is not None:
-                tensors[name] = ctx.cast(gather(value, kept))
-        if carriers.any() and bn.affine:
+                value = value.detach()
+                tensors[name] = ctx.cast(value.clone() if whole else value.index_select(0, index))
+        if len(carriers):
             fill = {"weight": 0.0, "bias": 1.0, "running_mean": 0.0, "running_var": 1.0}
             for name, value in fill.items():
                 if name in tensors:
                     tensors[name][carriers] = value
-        new = sliced_shell(bn, **tensors)
-        new.num_features = len(kept)
-        return ctx.emit(node, module=new)
+        return ctx.emit(node, module=sliced_shell(bn, {"num_features": len(kept)}, **tensors))
