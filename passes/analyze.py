@@ -286,14 +286,18 @@ def _finish(ctx: AnalyzeContext) -> ChannelGraph:
         grp.blocks = math.lcm(grp.blocks, *counts)
         if grp.size % grp.blocks:
             grp.frozen.append(f"grouped convolutions split it into {sorted(counts)} blocks")
+    relabelled: dict[int, Layout] = {}  # nodes passing a layout on share one object
+
+    def relabel(lay: Any) -> Any:
+        if not isinstance(lay, Layout):
+            return lay
+        if id(lay) not in relabelled:
+            relabelled[id(lay)] = lay.relabel(table)
+        return relabelled[id(lay)]
+
     layouts: dict[str, Any] = {}
     for name, lay in ctx.layouts.items():
-        if isinstance(lay, Layout):
-            layouts[name] = lay.relabel(table)
-        elif isinstance(lay, tuple):
-            layouts[name] = tuple(x.relabel(table) if isinstance(x, Layout) else x for x in lay)
-        else:
-            layouts[name] = lay
+        layouts[name] = tuple(relabel(x) for x in lay) if isinstance(lay, tuple) else relabel(lay)
     for grp in groups:
         if not grp.scorers and not grp.frozen:
             logger.debug("group %s has no BatchNorm: it keeps its width", grp.name)

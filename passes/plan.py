@@ -407,7 +407,9 @@ def _rank(candidates, scores, percent, min_channels, total, notes) -> dict[int, 
         s = scores[g.id]
         floor = min(min_channels, g.size)
         protected = np.argsort(-s, kind="stable")[:floor]
-        free = np.setdiff1d(np.arange(g.size), protected)
+        is_free = np.ones(g.size, dtype=bool)
+        is_free[protected] = False
+        free = np.flatnonzero(is_free)
         entries_score.append(s[free])
         entries_group.append(np.full(len(free), order))
         entries_index.append(free)

@@ -107,6 +107,14 @@ class Layout:
         """Replace group ids through ``table`` (untracked stays untracked)."""
         if len(self) == 0:
             return self
+        plain = self.plain_group()
+        if plain is not None:  # one group whole: only its id changes
+            new_id = table.get(plain, plain)
+            if new_id == plain:
+                return self
+            layout = Layout(np.full(len(self), new_id, dtype=np.int64), self.index)
+            layout._plain = new_id if new_id != UNTRACKED else None
+            return layout
         lookup = np.vectorize(lambda g: table.get(int(g), int(g)), otypes=[np.int64])
         uniq, inverse = np.unique(self.group, return_inverse=True)
         return Layout(lookup(uniq)[inverse], self.index)

@@ -12,6 +12,8 @@ Sums run in the target dtype; a float64 rebuild (which verification uses) is exa
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -77,6 +79,81 @@ def gather(tensor: torch.Tensor, rows: np.ndarray | None, cols: np.ndarray | Non
     return _select_columns(tensor.index_select(0, _index(rows)), cols)
 
 
+_CHUNK_BYTES = 1 << 19  # rows copied at a time while folding: stays in a core's cache
+
+
+def _flat_index(rows: np.ndarray, cols: np.ndarray, size: int) -> torch.Tensor:
+    """Positions of ``(row, col)`` slices in a ``(R * size, K)`` view, row-major."""
+    flat = np.asarray(rows, dtype=np.int64)[:, None] * size + np.asarray(cols)[None, :]
+    return torch.from_numpy(flat.ravel())
+
+
+def _kept_block(source: torch.Tensor, rows: np.ndarray, cols: np.ndarray | None):
+    """``source[rows][:, cols]`` in one copy."""
+    out_size, in_size = source.shape[0], source.shape[1]
+    all_rows = _is_all(rows, out_size)
+    if source.dim() < 3 or not source.is_contiguous() or _is_all(cols, in_size) or all_rows:
+        return gather(source, rows, cols)
+    picked = source.reshape(out_size * in_size, -1).index_select(
+        0, _flat_index(rows, cols, in_size)
+    )
+    return picked.reshape(len(rows), len(cols), *source.shape[2:])
+
+
+def _fold_scales(fold, in_size: int, dtype: torch.dtype) -> torch.Tensor:
+    """``(carriers + 1, in)``: row ``k`` scales the inputs folded into carrier column ``k``,
+    the last row those folded into the bias."""
+    columns = [int(c) for c in fold.carrier_columns]
+    slot = {c: k for k, c in enumerate(columns)}
+    direct = fold.partner < 0
+    scales = torch.zeros((len(columns) + 1, in_size), dtype=dtype)
+    carried = np.flatnonzero(~direct)
+    if len(carried):
+        where = (
+            _index([slot[int(c)] for c in fold.partner[carried]]),
+            _index(fold.contrib[carried]),
+        )
+        ratio = fold.value[carried] / fold.carrier_value[carried]
+        scales.index_put_(where, torch.as_tensor(ratio, dtype=dtype), accumulate=True)
+    if direct.any():
+        scales[-1, _index(fold.contrib[direct])] = torch.as_tensor(fold.value[direct], dtype=dtype)
+    return scales
+
+
+def _kept_block_and_sums(source, rows, cols, scales):
+    """``(source[rows][:, cols], sums)`` with ``sums[o] = scales @ source[rows][o]``.
+
+    A convolution's kept rows are copied a few at a time into one small buffer; the kept
+    columns and the sums are both taken from it while it is in cache, so every kept row is
+    read from memory once and no temporary the size of the layer is allocated.
+    """
+    out_size, in_size = source.shape[0], source.shape[1]
+    row_index = np.arange(out_size) if rows is None else np.asarray(rows, dtype=np.int64)
+    col_index = np.arange(in_size) if cols is None else np.asarray(cols, dtype=np.int64)
+    n_rows, n_cols = len(row_index), len(col_index)
+    if source.dim() < 3 or not source.is_contiguous() or math.prod(source.shape[2:]) == 1:
+        kept_rows = gather(source, row_index)
+        sums = (kept_rows.reshape(n_rows, in_size) @ scales.T).unsqueeze(2)
+        return gather(kept_rows, None, cols), sums
+    kernel = tuple(source.shape[2:])
+    new_weight = torch.empty((n_rows, n_cols, *kernel), dtype=source.dtype)
+    sums = torch.empty((n_rows, scales.shape[0], math.prod(kernel)), dtype=source.dtype)
+    row_bytes = in_size * math.prod(kernel) * source.element_size()
+    step = max(1, min(n_rows, _CHUNK_BYTES // row_bytes))
+    buffer = torch.empty((step, in_size, *kernel), dtype=source.dtype)
+    rows_t = torch.from_numpy(row_index)
+    full_chunk = _flat_index(np.arange(step), col_index, in_size)
+    for start in range(0, n_rows, step):
+        stop = min(n_rows, start + step)
+        block = buffer[: stop - start]
+        torch.index_select(source, 0, rows_t[start:stop], out=block)
+        local = full_chunk if stop - start == step else full_chunk[: (stop - start) * n_cols]
+        flat_out = new_weight[start:stop].view((stop - start) * n_cols, -1)
+        torch.index_select(block.view((stop - start) * in_size, -1), 0, local, out=flat_out)
+        torch.matmul(scales, block.view(stop - start, in_size, -1), out=sums[start:stop])
+    return new_weight, sums
+
+
 def fold_weights(weight, bias, rows, fold, dtype):
     """The consumer's new weight and bias (see the module docstring).
 
@@ -101,40 +178,21 @@ def fold_weights(weight, bias, rows, fold, dtype):
 
     Notes
     -----
-    All folded sums come from one matrix product of the kept rows with a sparse matrix of
-    scale factors (one row per carrier, one for the bias): the weights are read once,
-    in order, and nothing the size of the pruned part is copied.
+    All folded sums come from one matrix product of the kept rows with a small matrix of
+    scale factors (one row per carrier, one for the bias), taken while the kept rows are
+    copied: the weights are read once, and nothing the size of the pruned part is copied.
     """
     dtype = dtype or weight.dtype
     source = weight.detach() if weight.dtype == dtype else weight.detach().to(dtype)
-    kept_rows = source if _is_all(rows, source.shape[0]) else source.index_select(0, _index(rows))
-    new_weight = gather(kept_rows, None, fold.kept)
     new_bias = None if bias is None else gather(bias, rows).to(dtype)
     if not fold.active:
-        return new_weight, new_bias
-    out_rows, in_size, kernel = kept_rows.shape[0], source.shape[1], tuple(source.shape[2:])
-    columns = [int(c) for c in fold.carrier_columns]
-    direct = fold.partner < 0
-    scales = torch.zeros((len(columns) + 1, in_size), dtype=dtype)
-    slot = {c: k for k, c in enumerate(columns)}
-    carried = np.flatnonzero(~direct)
-    if len(carried):
-        where = (
-            _index([slot[int(c)] for c in fold.partner[carried]]),
-            _index(fold.contrib[carried]),
-        )
-        ratio = fold.value[carried] / fold.carrier_value[carried]
-        scales.index_put_(where, torch.as_tensor(ratio, dtype=dtype), accumulate=True)
-    if direct.any():
-        scales[-1, _index(fold.contrib[direct])] = torch.as_tensor(fold.value[direct], dtype=dtype)
-    if kernel and any(k > 1 for k in kernel):
-        # (columns + 1, in) @ (out, in, K) -> (out, columns + 1, K): reads the kept rows once
-        sums = torch.matmul(scales, kept_rows.reshape(out_rows, in_size, -1))
-    else:  # a linear layer or 1x1 convolution: one matrix product
-        sums = (kept_rows.reshape(out_rows, in_size) @ scales.T).unsqueeze(2)
-    for column, k in slot.items():
+        return _kept_block(source, rows, fold.kept), new_bias
+    scales = _fold_scales(fold, source.shape[1], dtype)
+    new_weight, sums = _kept_block_and_sums(source, rows, fold.kept, scales)
+    out_rows, kernel = new_weight.shape[0], tuple(source.shape[2:])
+    for k, column in enumerate(int(c) for c in fold.carrier_columns):
         new_weight[:, column] = sums[:, k].reshape(out_rows, *kernel)
-    if direct.any():
+    if (fold.partner < 0).any():
         extra = sums[:, -1].sum(1)
         base = torch.zeros(out_rows, dtype=dtype) if new_bias is None else new_bias
         new_bias = base + extra
