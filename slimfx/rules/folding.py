@@ -132,7 +132,7 @@ def _kept_block_and_sums(source, rows, cols, scales):
     col_index = np.arange(in_size) if cols is None else np.asarray(cols, dtype=np.int64)
     n_rows, n_cols = len(row_index), len(col_index)
     if source.dim() < 3 or not source.is_contiguous() or math.prod(source.shape[2:]) == 1:
-        kept_rows = gather(source, row_index)
+        kept_rows = source if _is_all(rows, out_size) else gather(source, row_index)
         sums = (kept_rows.reshape(n_rows, in_size) @ scales.T).unsqueeze(2)
         return gather(kept_rows, None, cols), sums
     kernel = tuple(source.shape[2:])
