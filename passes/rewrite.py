@@ -27,7 +27,7 @@ from slimfx.errors import PlanError
 from slimfx.layout import Layout
 from slimfx.passes.constants import CARRIER, propagate
 from slimfx.passes.plan import SlimPlan
-from slimfx.passes.trace import restore_containers
+from slimfx.passes.trace import map_nodes, restore_containers
 from slimfx.rules.base import node_shape
 from slimfx.rules.graph_io import Output, Placeholder, Unknown
 from slimfx.rules.registry import rule_for
@@ -197,8 +197,8 @@ class RewriteContext:
             else:
                 self.modules[target] = module if module is not None else self.unchanged(node)
         env = self.env if not mapped else _Passing(self.env, mapped)
-        new_args = _map_nodes(node.args if args is None else args, env)
-        new_kwargs = _map_nodes(node.kwargs if kwargs is None else kwargs, env)
+        new_args = map_nodes(node.args if args is None else args, env)
+        new_kwargs = map_nodes(node.kwargs if kwargs is None else kwargs, env)
         new = self.graph.create_node(
             node.op, node.target, new_args, new_kwargs, name=node.name, type_expr=node.type
         )
@@ -206,8 +206,8 @@ class RewriteContext:
 
     def emit_function(self, node: fx.Node, fn, args: tuple, kwargs: dict) -> fx.Node:
         """Emit ``fn(*args, **kwargs)`` in place of ``node``."""
-        new_args = _map_nodes(args, self.env)
-        new_kwargs = _map_nodes(kwargs, self.env)
+        new_args = map_nodes(args, self.env)
+        new_kwargs = map_nodes(kwargs, self.env)
         return self.graph.create_node("call_function", fn, new_args, new_kwargs, name=node.name)
 
     def emit_attr(self, node: fx.Node) -> fx.Node:
@@ -256,29 +256,6 @@ class _Passing(dict):
 
     def __missing__(self, node: fx.Node) -> fx.Node:
         return node if node in self.mapped else self.env[node]
-
-
-def _map_nodes(value: Any, env: dict) -> Any:
-    """``value`` with every fx node replaced by ``env[node]`` (like ``fx.node.map_arg``).
-
-    Containers are rebuilt as the plain types the graph stores them as; written out here
-    because the per-node cost of the general tree mapping shows in the pass time.
-    """
-    if isinstance(value, fx.Node):
-        return env[value]
-    kind = type(value)
-    if kind is tuple or kind is list or kind is fx.immutable_collections.immutable_list:
-        mapped = [_map_nodes(v, env) for v in value]
-        return tuple(mapped) if kind is tuple else mapped
-    if isinstance(value, dict):
-        return {k: _map_nodes(v, env) for k, v in value.items()}
-    if kind is slice:
-        return slice(
-            _map_nodes(value.start, env), _map_nodes(value.stop, env), _map_nodes(value.step, env)
-        )
-    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
-        return kind(*(_map_nodes(v, env) for v in value))
-    return value
 
 
 def rewrite(

@@ -29,8 +29,9 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+from torch.fx.immutable_collections import immutable_list
 from torch.fx.node import map_aggregate
-from torch.fx.passes.shape_prop import _extract_tensor_metadata
+from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
 
 import slimfx.rules  # noqa: F401  (registers the rules that decide leaves)
 from slimfx.errors import TraceError
@@ -246,10 +247,47 @@ def _expected_input(node: fx.Node, gm: fx.GraphModule) -> str:
     return ""
 
 
-class _ShapeRecorder(fx.Interpreter):
+class _ShapeRecorder:
+    """Runs the graph node by node and records each output's ``tensor_meta``.
+
+    Like ``torch.fx.Interpreter``, without its per-node bookkeeping; on the meta device the
+    layers :func:`slimfx.shapes.output_shape` knows are not run at all.
+    """
+
     def __init__(self, gm: fx.GraphModule, on_meta: bool):
-        super().__init__(gm)
+        self.gm = gm
         self.on_meta = on_meta
+        self.modules = dict(gm.named_modules())
+
+    def run(self, *inputs: Any) -> None:
+        env: dict[fx.Node, Any] = {}
+        pending = iter(inputs)
+        for node in self.gm.graph.nodes:
+            if node.op == "output":
+                return
+            try:
+                if node.op == "placeholder":
+                    result = next(pending, _MISSING)
+                    if result is _MISSING:
+                        if not node.args:
+                            raise TypeError(f"no input for {node.target}")
+                        result = node.args[0]  # the argument's default value
+                else:
+                    args = map_nodes(node.args, env)
+                    kwargs = map_nodes(node.kwargs, env)
+                    result = getattr(self, node.op)(node.target, args, kwargs)
+            except Exception as exc:
+                raise _NodeFailure(node) from exc
+            env[node] = result
+            if isinstance(result, torch.Tensor):
+                node.meta["tensor_meta"] = _tensor_meta(result)
+            elif isinstance(result, list | tuple) and any(
+                isinstance(r, torch.Tensor) for r in result
+            ):
+                node.meta["tensor_meta"] = map_aggregate(
+                    result, lambda r: _tensor_meta(r) if isinstance(r, torch.Tensor) else r
+                )
+            node.meta["type"] = type(result)
 
     def _state(self, mod: torch.nn.Module) -> dict[str, torch.Tensor]:
         if self.on_meta:
@@ -258,7 +296,7 @@ class _ShapeRecorder(fx.Interpreter):
         return {name: b.clone() for name, b in mod.named_buffers()}
 
     def call_module(self, target, args, kwargs):
-        mod = self.fetch_attr(target)
+        mod = self.modules[target]
         if self.on_meta and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
             shape = _known_output_shape(mod, args[0])
             if shape is not None:  # skip the meta kernels
@@ -268,29 +306,61 @@ class _ShapeRecorder(fx.Interpreter):
             return mod.forward(*args, **kwargs)  # stateless: nothing to swap
         return torch.func.functional_call(mod, state, args, kwargs)
 
+    def call_function(self, target, args, kwargs):
+        return target(*args, **kwargs)
+
+    def call_method(self, target, args, kwargs):
+        obj, *rest = args
+        return getattr(obj, target)(*rest, **kwargs)
+
     def get_attr(self, target, args, kwargs):
-        value = super().get_attr(target, args, kwargs)
+        value: Any = self.gm
+        for part in target.split("."):
+            value = getattr(value, part)
         if isinstance(value, torch.Tensor):
             return torch.empty_like(value, device="meta") if self.on_meta else value.clone()
         return value
 
-    def run_node(self, n: fx.Node) -> Any:
-        try:
-            result = super().run_node(n)
-        except Exception as exc:
-            raise _NodeFailure(n) from exc
 
-        def record(obj):
-            if isinstance(obj, torch.Tensor):
-                return _extract_tensor_metadata(obj)
-            return obj
+_MISSING = object()
 
-        if isinstance(result, torch.Tensor) or (
-            isinstance(result, list | tuple) and any(isinstance(r, torch.Tensor) for r in result)
-        ):
-            n.meta["tensor_meta"] = map_aggregate(result, record)
-        n.meta["type"] = type(result)
-        return result
+
+def _tensor_meta(tensor: torch.Tensor) -> TensorMetadata:
+    """``_extract_tensor_metadata``, short-cut for the usual contiguous dense tensor."""
+    if tensor.is_quantized or tensor.layout != torch.strided or not tensor.is_contiguous():
+        return _extract_tensor_metadata(tensor)
+    return TensorMetadata(
+        tensor.shape,
+        tensor.dtype,
+        tensor.requires_grad,
+        tensor.stride(),
+        torch.contiguous_format,
+        False,
+        {},
+    )
+
+
+def map_nodes(value: Any, env: dict) -> Any:
+    """``value`` with every fx node replaced by ``env[node]`` (like ``fx.node.map_arg``).
+
+    Containers are rebuilt as plain tuples, lists and dicts; written out here because the
+    per-node cost of the general tree mapping shows in the pass time.
+    """
+    if isinstance(value, fx.Node):
+        return env[value]
+    kind = type(value)
+    if kind is tuple or kind is list or kind is immutable_list:
+        mapped = [map_nodes(v, env) for v in value]
+        return tuple(mapped) if kind is tuple else mapped
+    if isinstance(value, dict):
+        return {k: map_nodes(v, env) for k, v in value.items()}
+    if kind is slice:
+        return slice(
+            map_nodes(value.start, env), map_nodes(value.stop, env), map_nodes(value.step, env)
+        )
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
+        return kind(*(map_nodes(v, env) for v in value))
+    return value
 
 
 def restore_containers(slim: fx.GraphModule, original: torch.nn.Module) -> None:

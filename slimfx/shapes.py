@@ -19,6 +19,15 @@ Shape = tuple[int, ...]
 
 _BATCHNORM_RANKS = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,)}
 
+DROPOUT_MODULES = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
+
 # elementwise layers (exact types: a subclass may change its forward)
 _ELEMENTWISE = frozenset(
     {
@@ -34,12 +43,7 @@ _ELEMENTWISE = frozenset(
         nn.ELU,
         nn.Mish,
         nn.Identity,
-        nn.Dropout,
-        nn.Dropout1d,
-        nn.Dropout2d,
-        nn.Dropout3d,
-        nn.AlphaDropout,
-        nn.FeatureAlphaDropout,
+        *DROPOUT_MODULES,
     }
 )
 

@@ -53,6 +53,14 @@ class PrunedValues:
 
     def normalized(self) -> PrunedValues:
         """Zero is zero whatever its pattern; NaN or infinite values are unknown."""
+        unknown = self.kind == UNKNOWN
+        if (
+            not np.any((self.value == 0) & (self.kind == PATTERN))
+            and not np.any(self.pattern[self.kind == EXACT])
+            and np.isfinite(self.value[~unknown]).all()
+            and np.isnan(self.value[unknown]).all()
+        ):
+            return self  # already normal (values are never modified in place)
         kind = self.kind.copy()
         pattern = self.pattern.copy()
         value = self.value.copy()

@@ -20,6 +20,7 @@ from slimfx.rules.base import Passthrough, first_input, module_arg_tensor
 from slimfx.rules.folding import gather
 from slimfx.rules.registry import register
 from slimfx.rules.slicing import sliced_shell
+from slimfx.shapes import DROPOUT_MODULES
 
 
 class ElementwiseUnary(Passthrough):
@@ -168,12 +169,7 @@ class PReLU(ElementwiseUnary):
 
 
 @register(
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Dropout3d,
-    nn.AlphaDropout,
-    nn.FeatureAlphaDropout,
+    *DROPOUT_MODULES,
     F.dropout,
     F.dropout1d,
     F.dropout2d,
