@@ -11,8 +11,9 @@ Handled on the way:
    naming the file, line and code of the construct;
 4. every node's output shape is recorded (``node.meta["tensor_meta"]``) by running the graph
    on the ``meta`` device, so no real computation happens and the model's buffers are never
-   touched. Should an op refuse meta tensors, the graph runs for real instead, under
-   ``torch.no_grad`` with copies of the buffers.
+   touched; the layers :mod:`slimfx.shapes` knows get their output shape from their
+   settings without running. Should an op refuse meta tensors, the graph runs for real
+   instead, under ``torch.no_grad`` with copies of the buffers.
 
 The traced module shares its submodules with the model (as ``torch.fx.symbolic_trace``
 does); it never modifies them.
@@ -223,12 +224,24 @@ def _first_layer(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> str:
     return got
 
 
-def _known_output_shape(mod: torch.nn.Module, inp: torch.Tensor) -> tuple[int, ...] | None:
-    """The output shape from :func:`slimfx.shapes.output_shape`, when dtypes agree too."""
+def _computed_output(mod: torch.nn.Module, inp: torch.Tensor) -> torch.Tensor | None:
+    """A meta tensor of the output :func:`slimfx.shapes.output_shape` computes, or ``None``.
+
+    Only for a contiguous input, whose output these layers return contiguous too (other
+    layouts run the meta kernels, which know how PyTorch lays the output out), and when
+    the dtypes agree (PyTorch refuses mixed dtypes: let it say so).
+    """
+    if not inp.is_contiguous():
+        return None
     weight = getattr(mod, "weight", None)
     if isinstance(weight, torch.Tensor) and weight.dtype != inp.dtype:
-        return None  # PyTorch refuses mixed dtypes: let it say so
-    return output_shape(mod, tuple(inp.shape))
+        return None
+    shape = output_shape(mod, tuple(inp.shape))
+    if shape is None:
+        return None
+    # like the meta run, whose parameters are plain meta tensors: only the input's grad counts
+    grad = torch.is_grad_enabled() and inp.requires_grad
+    return torch.empty(shape, dtype=inp.dtype, device="meta", requires_grad=grad)
 
 
 class _NodeFailure(Exception):
@@ -298,9 +311,9 @@ class _ShapeRecorder:
     def call_module(self, target, args, kwargs):
         mod = self.modules[target]
         if self.on_meta and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
-            shape = _known_output_shape(mod, args[0])
-            if shape is not None:  # skip the meta kernels
-                return torch.empty(shape, dtype=args[0].dtype, device="meta")
+            computed = _computed_output(mod, args[0])
+            if computed is not None:  # skip the meta kernels
+                return computed
         state = self._state(mod)
         if not state:
             return mod.forward(*args, **kwargs)  # stateless: nothing to swap

@@ -1,8 +1,11 @@
 """Pass 1, trace: real VGG code, untraceable submodules, errors that name the construct."""
 
+import importlib
+
 import pytest
 import torch
 import torch.nn as nn
+import torchvision
 
 import slimfx
 from slimfx.models import VGG
@@ -128,3 +131,45 @@ def test_trace_leaves_the_model_untouched():
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert model.training
+
+
+class PermutedHead(nn.Module):
+    """Dropout, LayerNorm and a linear layer on permuted (non-contiguous) tensors."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.norm = nn.LayerNorm(8)
+        self.fc = nn.Linear(8, 8)
+        self.drop = nn.Dropout()
+        self.pool = nn.MaxPool2d(3, 2, ceil_mode=True)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv(x)))
+        y = self.fc(self.norm(self.drop(x.permute(0, 2, 3, 1)))).permute(0, 3, 1, 2)
+        return self.pool(x + self.fc(self.drop(x.permute(0, 2, 3, 1))).permute(0, 3, 1, 2) + y)
+
+
+@pytest.mark.parametrize(
+    ("make", "size"),
+    [
+        (lambda: VGG(depth=11), 32),
+        (lambda: torchvision.models.resnet18(), 64),
+        (lambda: torchvision.models.mobilenet_v2(), 64),
+        (PermutedHead, 9),
+    ],
+)
+def test_computed_shapes_record_what_the_meta_kernels_would(make, size, monkeypatch):
+    """Every node's tensor_meta (shape, dtype, strides, layout, requires_grad) is the same
+    whether common layers' shapes are computed or every layer runs its meta kernel."""
+    trace_pass = importlib.import_module("slimfx.passes.trace")  # the module, not the function
+    model = make().eval()
+    x = torch.randn(2, 3, size, size)
+    computed = slimfx.trace(model, x)
+    monkeypatch.setattr(trace_pass, "_computed_output", lambda mod, inp: None)
+    kernels = slimfx.trace(model, x)
+    pairs = list(zip(computed.graph.nodes, kernels.graph.nodes, strict=True))
+    assert pairs
+    for a, b in pairs:
+        assert a.meta.get("tensor_meta") == b.meta.get("tensor_meta"), a.name
