@@ -227,14 +227,16 @@ def _first_layer(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> str:
 def _computed_output(mod: torch.nn.Module, inp: torch.Tensor) -> torch.Tensor | None:
     """A meta tensor of the output :func:`slimfx.shapes.output_shape` computes, or ``None``.
 
-    Only for a contiguous input, whose output these layers return contiguous too (other
-    layouts run the meta kernels, which know how PyTorch lays the output out), and when
-    the dtypes agree (PyTorch refuses mixed dtypes: let it say so).
+    Only for a contiguous input and weight, whose output these layers return contiguous too
+    (other layouts, such as channels-last, run the meta kernels, which know how PyTorch lays
+    the output out), and when the dtypes agree (PyTorch refuses mixed dtypes: let it say so).
     """
     if not inp.is_contiguous():
         return None
     weight = getattr(mod, "weight", None)
-    if isinstance(weight, torch.Tensor) and weight.dtype != inp.dtype:
+    if isinstance(weight, torch.Tensor) and (
+        weight.dtype != inp.dtype or not weight.is_contiguous()
+    ):
         return None
     shape = output_shape(mod, tuple(inp.shape))
     if shape is None:

@@ -184,9 +184,12 @@ def fold_weights(weight, bias, rows, fold, dtype):
     """
     dtype = dtype or weight.dtype
     source = weight.detach() if weight.dtype == dtype else weight.detach().to(dtype)
+    memory_format = _memory_format(source)
+    source = source.contiguous()
     new_bias = None if bias is None else gather(bias, rows).to(dtype)
     if not fold.active:
-        return _kept_block(source, rows, fold.kept), new_bias
+        new_weight = _kept_block(source, rows, fold.kept)
+        return new_weight.contiguous(memory_format=memory_format), new_bias
     scales = _fold_scales(fold, source.shape[1], dtype)
     new_weight, sums = _kept_block_and_sums(source, rows, fold.kept, scales)
     out_rows, kernel = new_weight.shape[0], tuple(source.shape[2:])
@@ -196,7 +199,18 @@ def fold_weights(weight, bias, rows, fold, dtype):
         extra = sums[:, -1].sum(1)
         base = torch.zeros(out_rows, dtype=dtype) if new_bias is None else new_bias
         new_bias = base + extra
-    return new_weight, new_bias
+    return new_weight.contiguous(memory_format=memory_format), new_bias
+
+
+def _memory_format(weight: torch.Tensor) -> torch.memory_format:
+    """The layout to give the new weight: channels-last stays channels-last."""
+    if weight.is_contiguous():
+        return torch.contiguous_format
+    if weight.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if weight.dim() == 5 and weight.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
 
 
 def slice_consumer(module: nn.Module, node, ctx, in_attr: str, out_attr: str) -> nn.Module:

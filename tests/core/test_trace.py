@@ -158,6 +158,7 @@ class PermutedHead(nn.Module):
         (lambda: torchvision.models.resnet18(), 64),
         (lambda: torchvision.models.mobilenet_v2(), 64),
         (PermutedHead, 9),
+        (lambda: VGG(depth=11).to(memory_format=torch.channels_last), 32),
     ],
 )
 def test_computed_shapes_record_what_the_meta_kernels_would(make, size, monkeypatch):

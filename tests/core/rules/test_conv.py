@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 import slimfx
+from slimfx.models import VGG
 from slimfx.testing import max_relative_error, randomize_batchnorm
 
 
@@ -212,3 +213,12 @@ def test_linear_on_channels_last_tokens_is_frozen_not_broken():
     assert res.module.conv.out_channels == 8  # its channels pass through the token MLP
     assert res.module.conv2.out_channels < 6
     assert res.report.verification_error <= 1e-9
+
+
+def test_channels_last_model_slims_exactly_and_stays_channels_last():
+    model = randomize_batchnorm(VGG(depth=11), seed=1).eval()
+    model = model.to(memory_format=torch.channels_last)
+    res = slimfx.slim(model, torch.randn(2, 3, 32, 32), 0.5)
+    assert res.report.verification_error <= 1e-9
+    convs = [m for m in res.module.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
