@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -134,23 +132,6 @@ def _status(argv) -> int:
         return main([str(a) for a in argv])
     except SystemExit as exc:  # argparse rejects a flag value
         return int(exc.code)
-
-
-@pytest.fixture
-def wf_run():
-    """``python -m slimfx ARGS`` in a subprocess (text output captured)."""
-
-    def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-        return subprocess.run(
-            [sys.executable, "-m", "slimfx", *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-        )
-
-    return run
 
 
 @pytest.fixture

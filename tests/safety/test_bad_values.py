@@ -199,11 +199,11 @@ def test_save_pointing_at_a_file_or_an_unwritable_place(tmp_path, cli, checkpoin
 # --- --debug --------------------------------------------------------------------------------
 
 
-def test_debug_shows_the_traceback_instead(tmp_path, cli, checkpoints, wf_run):
+def test_debug_shows_the_traceback_instead(tmp_path, cli, checkpoints, slimfx_cli):
     argv = ["prune", "--dataset", "digits", "--model", tmp_path / "missing.pth"]
     with pytest.raises(CheckpointError, match="no checkpoint found"):
         main(["--debug", *map(str, argv)])
-    proc = wf_run("--debug", *map(str, argv))
+    proc = slimfx_cli("--debug", *map(str, argv), timeout=120)
     assert proc.returncode == 1
     assert "Traceback (most recent call last)" in proc.stderr
     assert "slimfx.errors.CheckpointError: no checkpoint found" in proc.stderr

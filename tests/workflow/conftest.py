@@ -7,9 +7,6 @@ about a second; the acceptance test trains the full VGG-11.
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -59,19 +56,6 @@ def tiny_pruned(tmp_path) -> Path:
     path = tmp_path / "tiny.pth"
     torch.save({"cfg": model.cfg, "state_dict": model.state_dict()}, path)
     return path
-
-
-def run_slimfx(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-    """``python -m slimfx ARGS`` in a subprocess (stdout/stderr captured as text)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "slimfx", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        **kwargs,
-    )
 
 
 def states_equal(a: dict, b: dict) -> bool:
@@ -180,14 +164,14 @@ def sparse_trained_like(model: nn.Module, seed: int = 0, zero_fraction: float = 
 
 
 @pytest.fixture(scope="session")
-def wf():
+def wf(slimfx_cli):
     """Helpers of the workflow tests (tests cannot import conftest under importlib mode)."""
     from types import SimpleNamespace
 
     return SimpleNamespace(
         TINY_CFG=TINY_CFG,
         REPO=REPO,
-        run_slimfx=run_slimfx,
+        run_slimfx=slimfx_cli,
         states_equal=states_equal,
         sparse_trained_like=sparse_trained_like,
         reference_vgg=reference_vgg,
