@@ -59,7 +59,9 @@ def add_parser(subparsers) -> None:
         metavar="N",
         help=f"fine-tuning epochs (default: {DEFAULTS.finetune_epochs})",
     )
-    p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="random seed (default: 1)")
+    p.add_argument(
+        "--seed", type=int, default=DEFAULTS.seed, help=f"random seed (default: {DEFAULTS.seed})"
+    )
     p.add_argument("--no-export", action="store_true", help="skip the ONNX export")
     p.add_argument("--no-bench", action="store_true", help="skip the latency measurement")
     p.set_defaults(run=run)
