@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch_pruning_peer as peer
 import torchvision
 
 import slimfx
@@ -81,23 +82,9 @@ def run_slimfx(model, x):
     return slimfx.slim(model, x, 0.5, verify=False)
 
 
-def run_torch_pruning(model, x, classifier):
-    importance = tp.importance.BNScaleImportance(normalizer=None)
-    pruner = tp.pruner.BNScalePruner(
-        model,
-        x,
-        importance=importance,
-        global_pruning=True,
-        pruning_ratio=0.5,
-        ignored_layers=[classifier],
-    )
-    pruner.step()
-    return model
-
-
 def probe_memory(index: int) -> dict:
     """Peak memory of one ``slim`` call, in a fresh process (run as a subprocess)."""
-    _, model, x, _, _ = CASES[index]()
+    _, model, x, _ = CASES[index]()
     model.eval()
     gc.collect()
     _, peak, res = measure(lambda: run_slimfx(model, x))
@@ -127,7 +114,7 @@ def by_pass(model, x, runs) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def case(index, name, model, x, classifier_of, runs):
+def case(index, name, model, x, runs):
     model.eval()
     ours, theirs = [], []
     for _ in range(runs):
@@ -136,7 +123,7 @@ def case(index, name, model, x, classifier_of, runs):
         del res
         if tp is not None:
             victim = copy.deepcopy(model)
-            seconds, _, _ = measure(lambda v=victim: run_torch_pruning(v, x, classifier_of(v)))
+            seconds, _, _ = measure(lambda v=victim: peer.prune_native_in_place(v, x, 0.5))
             theirs.append(seconds)
             del victim
     probe = subprocess.run(
@@ -171,7 +158,6 @@ def _vgg16_bn():
         "torchvision vgg16_bn",
         model,
         torch.randn(1, 3, 224, 224),
-        (lambda m: m.classifier[-1]),
         1 / 5,
     )
 
@@ -179,7 +165,7 @@ def _vgg16_bn():
 def _cifar_vgg19():
     torch.manual_seed(0)
     model = randomize_batchnorm(VGG(depth=19), seed=2)
-    return "CIFAR VGG-19", model, torch.randn(1, 3, 32, 32), (lambda m: m.classifier), 1 / 2
+    return "CIFAR VGG-19", model, torch.randn(1, 3, 32, 32), 1 / 2
 
 
 def _cifar_vgg19_narrow():
@@ -191,12 +177,11 @@ def _cifar_vgg19_narrow():
         "CIFAR VGG-19, widths / 16",
         model,
         torch.randn(1, 3, 32, 32),
-        (lambda m: m.classifier),
         None,
     )
 
 
-#: (name, model, example input, classifier of a model, target time ratio) builders.
+#: (name, model, example input, target time ratio) builders.
 CASES = [_vgg16_bn, _cifar_vgg19, _cifar_vgg19_narrow]
 
 
@@ -211,8 +196,8 @@ def main() -> None:
         return
     rows = []
     for index, make in enumerate(CASES):
-        name, model, x, classifier_of, target = make()
-        row = case(index, name, model, x, classifier_of, args.runs)
+        name, model, x, target = make()
+        row = case(index, name, model, x, args.runs)
         row["target_ratio"] = target
         rows.append(row)
         del model

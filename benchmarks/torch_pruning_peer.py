@@ -65,15 +65,24 @@ def prune_same_channels(model: nn.Module, example: torch.Tensor, result) -> nn.M
 
 
 def prune_native(
-    model: nn.Module, example: torch.Tensor, percent: float, round_to: int
+    model: nn.Module, example: torch.Tensor, percent: float, round_to: int = 1
 ) -> nn.Module:
-    """Torch-Pruning's own network slimming: global raw |gamma|, ``percent``, ``round_to``."""
+    """A copy of ``model`` pruned by :func:`prune_native_in_place`."""
+    pruned = copy.deepcopy(model).eval()
+    prune_native_in_place(pruned, example, percent, round_to)
+    return pruned
+
+
+def prune_native_in_place(
+    model: nn.Module, example: torch.Tensor, percent: float, round_to: int = 1
+) -> None:
+    """Torch-Pruning's own network slimming on ``model`` itself: global raw |gamma|,
+    ``percent``, ``round_to``, the last linear layer (the classifier) left whole."""
     import torch_pruning as tp
 
-    pruned = copy.deepcopy(model).eval()
-    heads = [m for m in pruned.modules() if isinstance(m, nn.Linear)][-1:]
+    heads = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
     pruner = tp.pruner.BNScalePruner(
-        pruned,
+        model,
         example,
         importance=tp.importance.BNScaleImportance(normalizer=None),
         global_pruning=True,
@@ -82,7 +91,6 @@ def prune_native(
         ignored_layers=heads,
     )
     pruner.step()
-    return pruned
 
 
 def _batchnorms(model: nn.Module) -> list[nn.Module]:
