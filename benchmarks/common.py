@@ -89,3 +89,27 @@ def int_list(text: str) -> list[int]:
     if not values:
         raise SystemExit(f"expected comma-separated integers, got {text!r}")
     return values
+
+
+def add_timing_arguments(parser) -> None:
+    """``--batches``, ``--rounds``, ``--warmup`` and ``--threads``, read by :func:`measure`."""
+    parser.add_argument("--batches", type=int_list, default="1,8,64")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="intra-op threads (runtime default if unset)")
+
+
+def measure(models, example, args):
+    """:func:`slimfx.bench.measure_latency` with the settings of :func:`add_timing_arguments`
+    and ``args.backends``."""
+    from slimfx.bench import measure_latency
+
+    return measure_latency(
+        models,
+        example,
+        batches=args.batches,
+        backends=args.backends,
+        rounds=args.rounds,
+        warmup=args.warmup,
+        threads=args.threads,
+    )

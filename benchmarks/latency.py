@@ -34,7 +34,6 @@ import torch  # noqa: E402
 import torch_pruning_peer as peer  # noqa: E402
 
 import slimfx  # noqa: E402
-from slimfx.bench import measure_latency  # noqa: E402
 from slimfx.bench_backends import BACKENDS, machine_info  # noqa: E402
 from slimfx.io import write_text  # noqa: E402
 
@@ -62,10 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--percent", type=float, default=0.5, help="pruning ratio (default 0.5)")
     p.add_argument("--round-to", help="comma-separated round_to values (cpu: 1,16; gpu: 1,8)")
     p.add_argument("--backends", help=f"comma-separated, from {', '.join(BACKENDS)}")
-    p.add_argument("--batches", default="1,8,64")
-    p.add_argument("--rounds", type=int, default=15)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--threads", type=int, help="intra-op threads (runtime default if unset)")
+    common.add_timing_arguments(p)
     p.add_argument(
         "--torch-pruning",
         choices=("auto", "off", "native"),
@@ -88,7 +84,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = [m for m in args.models if m not in common.MODELS]
     if unknown:
         p.error(f"unknown models {unknown}; choose from {', '.join(common.MODELS)}")
-    args.batches = common.int_list(args.batches)
     args.max_minutes = args.max_minutes or preset["max_minutes"]
     return args
 
@@ -123,15 +118,7 @@ def main(argv=None) -> int:
             if args.torch_pruning == "native":
                 native = peer.prune_native(model, example, args.percent, round_to)
                 models["torch-pruning-native"] = native
-        report = measure_latency(
-            models,
-            example,
-            batches=args.batches,
-            backends=args.backends,
-            rounds=args.rounds,
-            warmup=args.warmup,
-            threads=args.threads,
-        )
+        report = common.measure(models, example, args)
         report.settings.update(
             model=name,
             percent=args.percent,

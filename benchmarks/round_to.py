@@ -21,7 +21,6 @@ import common
 common.ensure_slimfx_importable()
 
 import slimfx  # noqa: E402
-from slimfx.bench import measure_latency  # noqa: E402
 from slimfx.bench_backends import machine_info  # noqa: E402
 from slimfx.io import write_text  # noqa: E402
 
@@ -33,15 +32,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--percent", type=float, default=0.5)
     p.add_argument("--round-to", default="1,8,16,32", help="comma-separated candidates")
     p.add_argument("--backends", default="torch-cpu,ort-cpu")
-    p.add_argument("--batches", default="1,8,64")
-    p.add_argument("--rounds", type=int, default=15)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--threads", type=int)
+    common.add_timing_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     args.round_to = common.int_list(args.round_to)
-    args.batches = common.int_list(args.batches)
     args.backends = args.backends.split(",")
     return args
 
@@ -56,15 +51,7 @@ def main(argv=None) -> int:
         models[f"round_to={value}"] = result.module
         cfgs[value] = result.cfg or [row.width for row in result.report.layers]
         print(f"round_to={value}: widths {cfgs[value]}")
-    report = measure_latency(
-        models,
-        example,
-        batches=args.batches,
-        backends=args.backends,
-        rounds=args.rounds,
-        warmup=args.warmup,
-        threads=args.threads,
-    )
+    report = common.measure(models, example, args)
     report.settings.update(model=args.model, percent=args.percent, cfgs=cfgs)
     machine = machine_info(args.threads)
     tag = f"{args.model}-{common.slug(str(machine.get('gpu') or machine['host']))}"
