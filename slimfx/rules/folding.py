@@ -45,41 +45,41 @@ def _run_length(cols: np.ndarray, size: int) -> int:
     return 1
 
 
-def _select_columns(tensor: torch.Tensor, cols: np.ndarray) -> torch.Tensor:
-    """``tensor[:, cols]``, copying whole runs at once when the columns come in runs.
+def _select_columns(tensor: torch.Tensor, rows: np.ndarray | None, cols: np.ndarray):
+    """``tensor[rows][:, cols]`` (``rows=None``: every row).
 
     ``index_select`` along dim 0 copies contiguous slices; along dim 1 it copies element by
-    element. So a kernel-shaped tensor ``(R, C, *kernel)`` is viewed as ``(R * C, kernel)``
-    and its ``(row, column)`` slices are picked along dim 0.
+    element. So a contiguous kernel-shaped tensor ``(R, C, *kernel)`` is viewed as
+    ``(R * C, kernel)`` and its ``(row, column)`` slices are picked along dim 0, in one copy.
+    Columns in whole aligned runs (a flatten's features) are copied run by run.
     """
     k = _run_length(cols, tensor.shape[1])
-    if k > 1:
-        blocks = tensor.reshape(tensor.shape[0], tensor.shape[1] // k, k, *tensor.shape[2:])
-        picked = blocks.index_select(1, _index(cols[::k] // k))
-        return picked.reshape(tensor.shape[0], len(cols), *tensor.shape[2:])
-    if tensor.dim() < 3 or not tensor.is_contiguous():
+    if k == 1 and tensor.dim() >= 3 and tensor.is_contiguous():
+        out_size, in_size = tensor.shape[0], tensor.shape[1]
+        row_index = np.arange(out_size) if rows is None else rows
+        picked = tensor.reshape(out_size * in_size, -1).index_select(
+            0, _flat_index(row_index, cols, in_size)
+        )
+        return picked.reshape(len(row_index), len(cols), *tensor.shape[2:])
+    if rows is not None:
+        tensor = tensor.index_select(0, _index(rows))
+    if k == 1:
         return tensor.index_select(1, _index(cols))
-    rows, size = tensor.shape[0], tensor.shape[1]
-    flat = np.arange(0, rows * size, size, dtype=np.int64)[:, None] + np.asarray(cols)[None, :]
-    picked = tensor.reshape(rows * size, -1).index_select(0, torch.from_numpy(flat.ravel()))
-    return picked.reshape(rows, len(cols), *tensor.shape[2:])
+    blocks = tensor.reshape(tensor.shape[0], tensor.shape[1] // k, k, *tensor.shape[2:])
+    picked = blocks.index_select(1, _index(cols[::k] // k))
+    return picked.reshape(tensor.shape[0], len(cols), *tensor.shape[2:])
 
 
 def gather(tensor: torch.Tensor, rows: np.ndarray | None, cols: np.ndarray | None = None):
-    """``tensor[rows][:, cols]`` in one copy (``None`` or every index: the whole axis)."""
+    """``tensor[rows][:, cols]``, a new tensor (``None`` or every index: the whole axis)."""
     tensor = tensor.detach()
     all_rows = _is_all(rows, tensor.shape[0])
     all_cols = cols is None or tensor.dim() < 2 or _is_all(cols, tensor.shape[1])
     if all_rows and all_cols:
         return tensor.clone()
-    if all_rows:
-        return _select_columns(tensor, cols)
     if all_cols:
         return tensor.index_select(0, _index(rows))
-    return _select_columns(tensor.index_select(0, _index(rows)), cols)
-
-
-_CHUNK_BYTES = 1 << 19  # rows copied at a time while folding: stays in a core's cache
+    return _select_columns(tensor, None if all_rows else rows, cols)
 
 
 def _flat_index(rows: np.ndarray, cols: np.ndarray, size: int) -> torch.Tensor:
@@ -88,16 +88,7 @@ def _flat_index(rows: np.ndarray, cols: np.ndarray, size: int) -> torch.Tensor:
     return torch.from_numpy(flat.ravel())
 
 
-def _kept_block(source: torch.Tensor, rows: np.ndarray, cols: np.ndarray | None):
-    """``source[rows][:, cols]`` in one copy."""
-    out_size, in_size = source.shape[0], source.shape[1]
-    all_rows = _is_all(rows, out_size)
-    if source.dim() < 3 or not source.is_contiguous() or _is_all(cols, in_size) or all_rows:
-        return gather(source, rows, cols)
-    picked = source.reshape(out_size * in_size, -1).index_select(
-        0, _flat_index(rows, cols, in_size)
-    )
-    return picked.reshape(len(rows), len(cols), *source.shape[2:])
+_CHUNK_BYTES = 1 << 19  # rows copied at a time while folding: stays in a core's cache
 
 
 def _fold_scales(fold, in_size: int, dtype: torch.dtype) -> torch.Tensor:
@@ -188,7 +179,7 @@ def fold_weights(weight, bias, rows, fold, dtype):
     source = source.contiguous()
     new_bias = None if bias is None else gather(bias, rows).to(dtype)
     if not fold.active:
-        new_weight = _kept_block(source, rows, fold.kept)
+        new_weight = gather(source, rows, fold.kept)
         return new_weight.contiguous(memory_format=memory_format), new_bias
     scales = _fold_scales(fold, source.shape[1], dtype)
     new_weight, sums = _kept_block_and_sums(source, rows, fold.kept, scales)
