@@ -181,17 +181,16 @@ def group_scores(
     more than once.
     """
     cache = {} if cache is None else cache
-    if len(group.scorers) == 1:
-        scorer = group.scorers[0]  # one BatchNorm scores every channel: no aggregation
+    for scorer in group.scorers:
         if scorer.module not in cache:
             cache[scorer.module] = gammas(cg, scorer.module)
+    if len(group.scorers) == 1:
+        scorer = group.scorers[0]  # one BatchNorm scores every channel: no aggregation
         out = np.zeros(group.size)
         out[scorer.group_index] = cache[scorer.module][scorer.bn_channel]
         return out
     stacked = np.full((len(group.scorers), group.size), np.nan)
     for row, scorer in enumerate(group.scorers):
-        if scorer.module not in cache:
-            cache[scorer.module] = gammas(cg, scorer.module)
         stacked[row, scorer.group_index] = cache[scorer.module][scorer.bn_channel]
     with np.errstate(all="ignore"):
         agg = {"mean": np.nanmean, "sum": np.nansum, "max": np.nanmax}[how](stacked, axis=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -58,7 +59,6 @@ class SlimResult:
     channel_graph: ChannelGraph
     _model: torch.nn.Module = field(repr=False, default=None)
     _reference: torch.nn.Module | None = field(repr=False, default=None)
-    _derived: dict[str, Any] = field(repr=False, default_factory=dict)
     _example_inputs: Any = field(repr=False, default=None)
 
     def verify(self, example_inputs: Any = None) -> float:
@@ -99,31 +99,23 @@ class SlimResult:
             raise
         return self.report.verification_error
 
-    def _once(self, name: str, build) -> Any:
-        if name not in self._derived:
-            self._derived[name] = build()
-        return self._derived[name]
-
-    @property
+    @cached_property
     def kept(self) -> dict[str, list[int]]:
-        return self._once("kept", lambda: _kept_by_bn(self.channel_graph, self.plan))
+        return _kept_by_bn(self.channel_graph, self.plan)
 
-    @property
+    @cached_property
     def zeroed(self) -> dict[str, list[int]]:
-        return self._once("zeroed", lambda: _zeroed_by_bn(self.channel_graph, self.plan))
+        return _zeroed_by_bn(self.channel_graph, self.plan)
 
-    @property
+    @cached_property
     def cfg(self) -> list | None:
-        return self._once("cfg", lambda: slim_cfg(self._model, self.module))
+        return slim_cfg(self._model, self.module)
 
-    @property
+    @cached_property
     def report(self) -> SlimReport:
-        def build() -> SlimReport:
-            report = _report(self._model, self.channel_graph, self.plan, self.module)
-            report.cfg = self.cfg
-            return report
-
-        return self._once("report", build)
+        report = _report(self._model, self.channel_graph, self.plan, self.module)
+        report.cfg = self.cfg
+        return report
 
     @property
     def reference(self) -> torch.nn.Module:
