@@ -41,6 +41,11 @@ from slimfx.rules.registry import module_rule
 from slimfx.shapes import output_shape
 from slimfx.validation import expected_input
 
+try:  # a GraphModule that generates its code on first use (torch >= 2.2)
+    from torch.fx._lazy_graph_module import _LazyGraphModule
+except ImportError:  # pragma: no cover - older torch: generate it at once
+    _LazyGraphModule = fx.GraphModule
+
 logger = logging.getLogger(__name__)
 
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
@@ -138,7 +143,9 @@ class SlimTracer(fx.Tracer):
             self.graph.erase_node(node)
 
 
-def trace(model: torch.nn.Module, example_inputs: Any) -> fx.GraphModule:
+def trace(
+    model: torch.nn.Module, example_inputs: Any, *, lazy_code: bool = False
+) -> fx.GraphModule:
     """Trace ``model`` into a GraphModule whose nodes carry their output shapes.
 
     Parameters
@@ -147,6 +154,10 @@ def trace(model: torch.nn.Module, example_inputs: Any) -> fx.GraphModule:
         The model; it is not modified.
     example_inputs : torch.Tensor or tuple of torch.Tensor
         Inputs of the shape the model will be used with.
+    lazy_code : bool
+        Generate the module's Python code when it is first called or read, not now (for a
+        trace that is only analysed, as in :func:`slimfx.slim`). Such a module cannot be
+        given to ``torch.jit.script``.
 
     Returns
     -------
@@ -181,7 +192,8 @@ def trace(model: torch.nn.Module, example_inputs: Any) -> fx.GraphModule:
             f"at {_user_frame(exc)}. Data-dependent control flow in the model's own forward "
             "cannot be slimmed; move it into a submodule or make it static."
         ) from exc
-    gm = fx.GraphModule(model, graph, class_name=type(model).__name__)
+    graph_module_cls = _LazyGraphModule if lazy_code else fx.GraphModule
+    gm = graph_module_cls(model, graph, class_name=type(model).__name__)
     restore_containers(gm, model)
     gm.meta["slimfx_trace_notes"] = tracer.notes
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]

@@ -190,7 +190,7 @@ def slim(
     >>> res.report.ratio
     0.5
     """
-    gm = trace(model, example_inputs)
+    gm = trace(model, example_inputs, lazy_code=True)  # only analysed: no code needed
     if verify:  # NaN compares unequal to everything: name the tensors before verifying
         check_finite_weights(model)
     cg = analyze(gm, strict=strict)

@@ -24,6 +24,22 @@ def test_records_shapes_of_every_tensor_node():
     assert shapes["classifier"] == (2, 10)
 
 
+def test_lazy_code_trace_has_the_same_graph_and_runs_like_the_model():
+    model = randomize_batchnorm(VGG(depth=11), seed=0).eval()
+    x = torch.randn(2, 3, 32, 32)
+    eager = slimfx.trace(model, x)
+    lazy = slimfx.trace(model, x, lazy_code=True)
+    assert [n.format_node() for n in lazy.graph.nodes] == [
+        n.format_node() for n in eager.graph.nodes
+    ]
+    assert [n.meta.get("tensor_meta") for n in lazy.graph.nodes] == [
+        n.meta.get("tensor_meta") for n in eager.graph.nodes
+    ]
+    assert lazy.code == eager.code  # generated when read
+    with torch.no_grad():
+        assert torch.equal(lazy(x), model(x))
+
+
 def test_module_built_inside_forward_is_traced_into_its_function():
     gm = slimfx.trace(VGG(depth=11), torch.randn(1, 3, 32, 32))
     targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
