@@ -401,30 +401,28 @@ def _choose_mode(g: ChannelGroup, sinks: _SinkView, compensate: bool):
 
 def _rank(candidates, scores, percent, min_channels, total, notes) -> dict[int, np.ndarray]:
     n_prune = int(percent * total)
-    entries_score, entries_group, entries_index = [], [], []
-    for order, (g, _) in enumerate(candidates):
-        s = scores[g.id]
-        floor = min(min_channels, g.size)
-        protected = np.argsort(-s, kind="stable")[:floor]
-        is_free = np.ones(g.size, dtype=bool)
-        is_free[protected] = False
-        free = np.flatnonzero(is_free)
-        entries_score.append(s[free])
-        entries_group.append(np.full(len(free), order))
-        entries_index.append(free)
-    score = np.concatenate(entries_score)
-    group = np.concatenate(entries_group)
-    index = np.concatenate(entries_index)
-    if n_prune > len(score):
+    sizes = np.array([g.size for g, _ in candidates], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    score = np.concatenate([scores[g.id] for g, _ in candidates])
+    group = np.repeat(np.arange(len(candidates)), sizes)
+    index = np.arange(len(score)) - offsets[group]
+    # the min_channels largest of every group are protected (ties: the lower index)
+    by_group_and_score = np.lexsort((index, -score, group))
+    rank_in_group = np.arange(len(score)) - offsets[group[by_group_and_score]]
+    floor = np.minimum(min_channels, sizes)[group[by_group_and_score]]
+    free = np.ones(len(score), dtype=bool)
+    free[by_group_and_score[rank_in_group < floor]] = False
+    free_positions = np.flatnonzero(free)
+    if n_prune > len(free_positions):
         notes.append(
-            f"only {len(score)} of {total} channels can go without emptying a layer "
+            f"only {len(free_positions)} of {total} channels can go without emptying a layer "
             f"below min_channels; pruned those instead of {n_prune}"
         )
-        n_prune = len(score)
-    order = np.lexsort((index, group, score))[:n_prune]
-    offsets = np.cumsum([0] + [g.size for g, _ in candidates])
-    flat = np.zeros(int(offsets[-1]), dtype=bool)
-    flat[offsets[group[order]] + index[order]] = True
+        n_prune = len(free_positions)
+    f_score, f_group, f_index = score[free_positions], group[free_positions], index[free_positions]
+    order = np.lexsort((f_index, f_group, f_score))[:n_prune]
+    flat = np.zeros(len(score), dtype=bool)
+    flat[free_positions[order]] = True
     return {g.id: flat[offsets[k] : offsets[k + 1]] for k, (g, _) in enumerate(candidates)}
 
 
