@@ -94,21 +94,18 @@ _CHUNK_BYTES = 1 << 19  # rows copied at a time while folding: stays in a core's
 def _fold_scales(fold, in_size: int, dtype: torch.dtype) -> torch.Tensor:
     """``(carriers + 1, in)``: row ``k`` scales the inputs folded into carrier column ``k``,
     the last row those folded into the bias."""
-    columns = [int(c) for c in fold.carrier_columns]
-    slot = {c: k for k, c in enumerate(columns)}
+    columns = np.asarray(fold.carrier_columns, dtype=np.int64)
+    scales = np.zeros((len(columns) + 1, in_size))
     direct = fold.partner < 0
-    scales = torch.zeros((len(columns) + 1, in_size), dtype=dtype)
     carried = np.flatnonzero(~direct)
     if len(carried):
-        where = (
-            _index([slot[int(c)] for c in fold.partner[carried]]),
-            _index(fold.contrib[carried]),
-        )
+        slot = np.searchsorted(columns, fold.partner[carried])  # carrier columns ascend
+        if not np.array_equal(columns[np.minimum(slot, len(columns) - 1)], fold.partner[carried]):
+            raise AssertionError("a pruned channel is paired with a column that is no carrier")
         ratio = fold.value[carried] / fold.carrier_value[carried]
-        scales.index_put_(where, torch.as_tensor(ratio, dtype=dtype), accumulate=True)
-    if direct.any():
-        scales[-1, _index(fold.contrib[direct])] = torch.as_tensor(fold.value[direct], dtype=dtype)
-    return scales
+        np.add.at(scales, (slot, fold.contrib[carried]), ratio)
+    scales[-1, fold.contrib[direct]] = fold.value[direct]
+    return torch.from_numpy(scales).to(dtype)
 
 
 def _kept_block_and_sums(source, rows, cols, scales):
