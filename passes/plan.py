@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from slimfx.channel_graph import ChannelGraph, ChannelGroup
 from slimfx.errors import PlanError, UnsupportedError
@@ -165,7 +166,8 @@ def _validate(percent, min_channels, round_to, group_score) -> None:
 
 def gammas(cg: ChannelGraph, module_name: str) -> np.ndarray:
     """|gamma| of a BatchNorm, as float64, checked finite."""
-    weight = cg.gm.get_submodule(module_name).weight.detach().double().abs().cpu().numpy()
+    weight = cg.gm.get_submodule(module_name).weight.detach()
+    weight = np.abs(weight.to(device="cpu", dtype=torch.float64).numpy())
     if not np.all(np.isfinite(weight)):
         bad = int(np.count_nonzero(~np.isfinite(weight)))
         raise ValueError(f"BatchNorm {module_name} has {bad} NaN or infinite scaling factors")
@@ -400,30 +402,51 @@ def _choose_mode(g: ChannelGroup, sinks: _SinkView, compensate: bool):
 
 
 def _rank(candidates, scores, percent, min_channels, total, notes) -> dict[int, np.ndarray]:
+    """Pruned channels of every candidate group, from one global ranking (case 3).
+
+    Channels are laid out group after group, each in index order, so the ranking's tie
+    break (graph order, then channel index) is the flat order: the ``n`` smallest scores are
+    every score below the ``n``-th smallest plus the first of those equal to it.
+    """
     n_prune = int(percent * total)
     sizes = np.array([g.size for g, _ in candidates], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     score = np.concatenate([scores[g.id] for g, _ in candidates])
-    group = np.repeat(np.arange(len(candidates)), sizes)
-    index = np.arange(len(score)) - offsets[group]
-    # the min_channels largest of every group are protected (ties: the lower index)
-    by_group_and_score = np.lexsort((index, -score, group))
-    rank_in_group = np.arange(len(score)) - offsets[group[by_group_and_score]]
-    floor = np.minimum(min_channels, sizes)[group[by_group_and_score]]
-    free = np.ones(len(score), dtype=bool)
-    free[by_group_and_score[rank_in_group < floor]] = False
-    free_positions = np.flatnonzero(free)
+    free_positions = np.flatnonzero(~_protected(score, sizes, offsets, min_channels))
     if n_prune > len(free_positions):
         notes.append(
             f"only {len(free_positions)} of {total} channels can go without emptying a layer "
             f"below min_channels; pruned those instead of {n_prune}"
         )
         n_prune = len(free_positions)
-    f_score, f_group, f_index = score[free_positions], group[free_positions], index[free_positions]
-    order = np.lexsort((f_index, f_group, f_score))[:n_prune]
+    free_score = score[free_positions]
+    chosen = np.zeros(len(free_score), dtype=bool)
+    if 0 < n_prune < len(free_score):
+        nth = np.partition(free_score, n_prune - 1)[n_prune - 1]
+        chosen = free_score < nth
+        ties = np.flatnonzero(free_score == nth)
+        chosen[ties[: n_prune - int(chosen.sum())]] = True
+    elif n_prune:
+        chosen[:] = True
     flat = np.zeros(len(score), dtype=bool)
-    flat[free_positions[order]] = True
+    flat[free_positions[chosen]] = True
     return {g.id: flat[offsets[k] : offsets[k + 1]] for k, (g, _) in enumerate(candidates)}
+
+
+def _protected(score, sizes, offsets, min_channels) -> np.ndarray:
+    """The ``min_channels`` largest scores of every group (ties: the lower index)."""
+    protected = np.zeros(len(score), dtype=bool)
+    if min_channels == 1 and np.all(sizes > 0):  # the default: each group's first maximum
+        group = np.repeat(np.arange(len(sizes)), sizes)
+        at_max = np.flatnonzero(score == np.maximum.reduceat(score, offsets[:-1])[group])
+        _, first = np.unique(group[at_max], return_index=True)
+        protected[at_max[first]] = True
+        return protected
+    for k, size in enumerate(sizes):
+        block = score[offsets[k] : offsets[k + 1]]
+        top = np.argsort(-block, kind="stable")[: min(min_channels, int(size))]
+        protected[offsets[k] + top] = True
+    return protected
 
 
 def _balance_blocks(g, pruned, score, round_to, min_channels) -> np.ndarray:

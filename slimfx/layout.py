@@ -99,6 +99,9 @@ class Layout:
 
     def group_ids(self) -> list[int]:
         """The tracked group ids present, in order of first appearance."""
+        plain = self.plain_group()
+        if plain is not None:
+            return [plain]
         ids, first = np.unique(self.group, return_index=True)
         order = np.argsort(first)
         return [int(g) for g in ids[order] if g != UNTRACKED]
