@@ -1,6 +1,7 @@
 """Pass 3, plan: the numbered cases of slimfx.passes.plan."""
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch.nn as nn
 import slimfx
 from slimfx.models import VGG
 from slimfx.passes import SlimPlan
-from slimfx.passes.plan import group_scores
+from slimfx.passes.plan import _rank, group_scores
 from slimfx.testing import randomize_batchnorm
 
 X = torch.randn(1, 3, 32, 32)
@@ -68,6 +69,38 @@ def test_exactly_int_percent_total_channels_are_pruned_globally(vgg_graph, perce
     pruned_max = plan.threshold if plan.pruned else -np.inf
     assert np.all(kept >= pruned_max)  # global ranking: every kept |gamma| >= every pruned
     assert len(gammas) == total
+
+
+def ranked_by_hand(sizes, scores, percent, min_channels):
+    """The pruned (group, index) pairs: protect each group's ``min_channels`` largest (ties:
+    lower index), then prune the smallest scores, ties by group order, then index."""
+    protected = set()
+    for k, size in enumerate(sizes):
+        order = sorted(range(size), key=lambda i: (-scores[k][i], i))
+        protected |= {(k, i) for i in order[:min_channels]}
+    free = [(scores[k][i], k, i) for k, size in enumerate(sizes) for i in range(size)]
+    free = sorted(entry for entry in free if (entry[1], entry[2]) not in protected)
+    count = min(int(percent * sum(sizes)), len(free))
+    return {(k, i) for _, k, i in free[:count]}
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_ranking_breaks_ties_by_graph_order_then_channel_index(seed):
+    rng = np.random.default_rng(seed)
+    sizes = [int(n) for n in rng.integers(1, 9, size=rng.integers(1, 5))]
+    scores = [np.round(rng.random(n) * 3) / 3 for n in sizes]  # many ties
+    groups = [(SimpleNamespace(id=10 + k, size=n), None) for k, n in enumerate(sizes)]
+    percent, min_channels = float(rng.random()), int(rng.integers(1, 4))
+    pruned = _rank(
+        groups,
+        {10 + k: s for k, s in enumerate(scores)},
+        percent,
+        min_channels,
+        sum(sizes),
+        [],
+    )
+    got = {(k, int(i)) for k in range(len(sizes)) for i in np.flatnonzero(pruned[10 + k])}
+    assert got == ranked_by_hand(sizes, scores, percent, min_channels)
 
 
 def test_floor_keeps_the_largest_gammas_of_an_emptied_layer():
