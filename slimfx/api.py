@@ -39,6 +39,8 @@ class SlimResult:
         The structurally slimmed model (a new module; the input model is not modified).
     plan : SlimPlan
     channel_graph : ChannelGraph
+        Its ``gm`` is the analysed trace, traced with ``lazy_code=True``: its code is
+        generated when first called or read.
     kept : dict
         BatchNorm qualified name → sorted kept channel indices, for every BatchNorm of a
         prunable group.
