@@ -33,7 +33,7 @@ from slimfx.bench_backends import machine_info, prepare_runners, resolve_backend
 from slimfx.bench_report import LatencyReport, LatencyRow, Measurement, ModelInfo, TimingStats
 from slimfx.bench_timing import progress_bar, time_rounds, torch_threads
 from slimfx.counting import count_macs, count_params
-from slimfx.errors import SlimfxError
+from slimfx.errors import SlimfxError, first_line
 from slimfx.export import as_input_tuple, eval_mode, resize_batch
 
 logger = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ def measure_latency(
             except SlimfxError:
                 raise  # an export that fails its check is an error, not a skipped backend
             except Exception as exc:  # runtimes raise their own types (onnxruntime: Exception)
-                skipped[backend] = f"could not be prepared: {_first_line(exc)}"
+                skipped[backend] = f"could not be prepared: {first_line(exc)}"
                 logger.warning("skipping backend %s: %s", backend, skipped[backend])
                 bar.update(len(batches) * rounds)
                 continue
@@ -173,9 +173,9 @@ def measure_latency(
                     calls = {name: runner.bind(batch_inputs) for name, runner in runners.items()}
                     timings = time_rounds(calls, rounds, warmup, min_round_seconds, bar.update)
                 except Exception as exc:  # out of memory, a runtime's own error types
-                    message = f"{backend} batch {batch} failed: {_first_line(exc)}"
+                    message = f"{backend} batch {batch} failed: {first_line(exc)}"
                     logger.warning(message)
-                    skipped[f"{backend} batch {batch}"] = _first_line(exc)
+                    skipped[f"{backend} batch {batch}"] = first_line(exc)
                     continue
                 for name, (seconds, repeat) in timings.items():
                     measurements.append(
@@ -218,7 +218,7 @@ def model_info(name: str, module: torch.nn.Module, inputs: tuple) -> ModelInfo:
         with eval_mode(module):
             macs = count_macs(trace(module, tuple(t.cpu() for t in inputs), lazy_code=True))
     except (SlimfxError, RuntimeError, TypeError) as exc:
-        logger.warning("cannot count the MACs of %s: %s", name, _first_line(exc))
+        logger.warning("cannot count the MACs of %s: %s", name, first_line(exc))
         macs = None
     return ModelInfo(name=name, params=count_params(module), macs=macs)
 
@@ -299,8 +299,3 @@ def synthetic_scales(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
                     module.running_mean.copy_((torch.rand(n, generator=generator) - 0.5) * 0.2)
                     module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
     return model
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]

@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from slimfx.errors import CheckpointError
-from slimfx.validation import nonfinite_tensors
+from slimfx.errors import CheckpointError, first_line
+from slimfx.validation import first_few, nonfinite_tensors
 
 #: Largest accepted ratio of a zip checkpoint's declared content to its size on disk.
 #: ``torch.save`` stores entries uncompressed (ratio about 1); a re-zipped checkpoint
@@ -108,10 +108,9 @@ def _refusal(file: Path, message: str) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    first = text.splitlines()[0][:200] if text else ""
-    if len(first) < 20:  # KeyError('6'), IndexError … say what kind of failure it was
-        first = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    first = first_line(exc)
+    if len(first) < 20 and str(exc).strip():  # KeyError('6') … say what kind of failure it was
+        first = f"{type(exc).__name__}: {first}"
     return first
 
 
@@ -166,8 +165,7 @@ def check_shapes(
         ("unexpected keys", unexpected),
     ):
         if items:
-            more = f" and {len(items) - 3} more" if len(items) > 3 else ""
-            parts.append(f"{what}: {', '.join(items[:3])}{more}")
+            parts.append(f"{what}: {first_few(items)}")
     raise CheckpointError(
         f"{source} does not fit {type(model).__name__}: "
         + "; ".join(parts)
@@ -187,10 +185,8 @@ def load_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source:
     check_shapes(model, state, source)
     bad = nonfinite_tensors(state.items())
     if bad:
-        raise CheckpointError(
-            f"{source}: NaN or infinite values in {', '.join(bad[:3])}"
-            + (f" and {len(bad) - 3} more tensors" if len(bad) > 3 else "")
-        )
+        listed = first_few(bad, "more tensors")
+        raise CheckpointError(f"{source}: NaN or infinite values in {listed}")
     try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError, ValueError) as exc:  # e.g. a sparse or complex tensor

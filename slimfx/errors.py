@@ -43,3 +43,13 @@ class EquivalenceError(SlimfxError):
 
 class CheckpointError(SlimfxError):
     """A checkpoint file is missing, unreadable, unsafe or does not fit the model."""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of ``exc``'s message (its type name when it has none), cut to ``limit``.
+
+    For messages that quote an error from deep inside torch or onnxruntime, whose full text
+    can run to pages.
+    """
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from slimfx.errors import EquivalenceError, SlimfxError
+from slimfx.errors import EquivalenceError, SlimfxError, first_line
 from slimfx.export_check import check_onnx, flatten_outputs, resize_batch
 from slimfx.io import atomic_path
 from slimfx.numerics import as_input_tuple, eval_mode, relative_error
@@ -181,8 +181,8 @@ def export_onnx(
             try:
                 _EXPORT[name](module, inputs, tmp, opset, dynamic_batch, names)
             except Exception as exc:  # an exporter's failure is reported, then the next tried
-                failures.append(f"{name}: {_first_line(exc)}")
-                logger.warning("%s exporter failed on %s: %s", name, dest, _first_line(exc))
+                failures.append(f"{name}: {first_line(exc, 300)}")
+                logger.warning("%s exporter failed on %s: %s", name, dest, first_line(exc, 300))
                 continue
             export_seconds = time.perf_counter() - start
             try:
@@ -285,8 +285,3 @@ def _export_dynamo(module, inputs, path, opset, dynamic_batch, names) -> None:
 
 
 _EXPORT = {"torchscript": _export_torchscript, "dynamo": _export_dynamo}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]

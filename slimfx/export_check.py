@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from slimfx.errors import EquivalenceError, SlimfxError
+from slimfx.errors import EquivalenceError, SlimfxError, first_line
 from slimfx.numerics import relative_error
 from slimfx.tolerances import ONNX_RTOL
 
@@ -62,7 +62,7 @@ def check_onnx(
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:  # onnx raises several unrelated types
-        raise SlimfxError(f"the exported model fails onnx.checker: {_first_line(exc)}") from exc
+        raise SlimfxError(f"the exported model fails onnx.checker: {first_line(exc, 300)}") from exc
     opset = _default_opset(onnx.load(str(path), load_external_data=False))
     batch = inputs[0].shape[0]
     if dynamic_batch:
@@ -73,7 +73,7 @@ def check_onnx(
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
-        message = f"onnxruntime cannot load the exported model: {_first_line(exc)}"
+        message = f"onnxruntime cannot load the exported model: {first_line(exc, 300)}"
         raise SlimfxError(message) from exc
     feed = {
         arg.name: value.detach().cpu().numpy()
@@ -122,8 +122,3 @@ def _default_opset(model) -> int:
         if entry.domain in ("", "ai.onnx"):
             return int(entry.version)
     return -1
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]

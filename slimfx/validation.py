@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from slimfx.errors import TraceError
+from slimfx.errors import TraceError, first_line
 from slimfx.numerics import as_input_tuple, eval_mode
 
 _SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
@@ -36,6 +36,18 @@ def nonfinite_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
     return bad
 
 
+def first_few(items: list[str], more: str = "more") -> str:
+    """The first three items, comma-separated, and how many others there are.
+
+    Examples
+    --------
+    >>> first_few(["a", "b", "c", "d", "e"], "more tensors")
+    'a, b, c and 2 more tensors'
+    """
+    rest = f" and {len(items) - 3} {more}" if len(items) > 3 else ""
+    return ", ".join(items[:3]) + rest
+
+
 def check_finite_weights(model: nn.Module) -> None:
     """Raise ``ValueError`` naming every parameter or buffer of ``model`` with NaN or inf.
 
@@ -44,9 +56,8 @@ def check_finite_weights(model: nn.Module) -> None:
     named = list(model.named_parameters()) + list(model.named_buffers())
     bad = nonfinite_tensors(named)
     if bad:
-        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise ValueError(
-            f"{type(model).__name__} has NaN or infinite values in {', '.join(bad[:3])}{more} "
+            f"{type(model).__name__} has NaN or infinite values in {first_few(bad)} "
             "(a diverged training run?); slimming needs finite weights"
         )
 
@@ -95,8 +106,7 @@ def check_inputs_fit(module: nn.Module, example_inputs: Any, what: str = "input"
             module(*inputs)
     except Exception as exc:
         shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
-        text = str(exc).strip()
-        first = text.splitlines()[0][:200] if text else type(exc).__name__
+        first = first_line(exc)
         where = ""
         if called:  # the layer that raised, or the last one that ran before the failure
             last = called[-1]
