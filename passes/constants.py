@@ -30,6 +30,7 @@ import torch.fx as fx
 import slimfx.rules  # noqa: F401
 from slimfx.channel_graph import ChannelGraph
 from slimfx.layout import UNTRACKED, Layout
+from slimfx.passes.trace import fetch_attr
 from slimfx.rules.graph_io import GetAttr, Output, Placeholder, Unknown
 from slimfx.rules.registry import rule_for
 from slimfx.values import PrunedValues
@@ -86,11 +87,7 @@ class PropagateContext:
 
     def attr(self, node: fx.Node) -> Any:
         """The tensor or value behind a ``get_attr`` node."""
-        target = str(node.target)
-        obj: Any = self.gm
-        for part in target.split("."):
-            obj = getattr(obj, part)
-        return obj
+        return fetch_attr(self.gm, str(node.target))
 
     def new_pattern(self, node: fx.Node, old: np.ndarray) -> np.ndarray:
         """Pattern ids after a spatial op at ``node``.

@@ -27,7 +27,7 @@ from slimfx.errors import PlanError
 from slimfx.layout import Layout
 from slimfx.passes.constants import CARRIER, propagate
 from slimfx.passes.plan import SlimPlan
-from slimfx.passes.trace import map_nodes, restore_containers
+from slimfx.passes.trace import fetch_attr, map_nodes, restore_containers
 from slimfx.rules.base import node_shape
 from slimfx.rules.graph_io import Output, Placeholder, Unknown
 from slimfx.rules.registry import rule_for
@@ -220,7 +220,7 @@ class RewriteContext:
         The slice keeps the attribute's name when the op slicing it is its only user.
         """
         target = str(attr_node.target)
-        value = self._fetch(target)
+        value = fetch_attr(self.gm, target)
         index = torch.as_tensor(positions, dtype=torch.long)
         sliced = self._clone_tensor(value).detach().index_select(dim, index)
         if isinstance(value, torch.nn.Parameter):
@@ -233,12 +233,6 @@ class RewriteContext:
             name = f"{target}_slim{n}"
         self.attrs[name] = sliced
         return self.graph.get_attr(name)
-
-    def _fetch(self, target: str) -> Any:
-        obj: Any = self.gm
-        for part in target.split("."):
-            obj = getattr(obj, part)
-        return obj
 
     def _clone_tensor(self, value: torch.Tensor) -> torch.Tensor:
         cloned = self.cast(value.detach().clone())
@@ -307,7 +301,7 @@ def rewrite(
         if name in used and name not in root:
             root[name] = value
     for name in sorted(used - set(root)):
-        original = ctx._fetch(name)
+        original = fetch_attr(cg.gm, name)
         if isinstance(original, torch.Tensor):
             root[name] = ctx._clone_tensor(original)
         else:

@@ -341,9 +341,7 @@ class _ShapeRecorder:
         return getattr(obj, target)(*rest, **kwargs)
 
     def get_attr(self, target, args, kwargs):
-        value: Any = self.gm
-        for part in target.split("."):
-            value = getattr(value, part)
+        value = fetch_attr(self.gm, target)
         if isinstance(value, torch.Tensor):
             return torch.empty_like(value, device="meta") if self.on_meta else value.clone()
         return value
@@ -365,6 +363,14 @@ def _tensor_meta(tensor: torch.Tensor) -> TensorMetadata:
         False,
         {},
     )
+
+
+def fetch_attr(gm: torch.nn.Module, target: str) -> Any:
+    """The value a ``get_attr`` node's dotted ``target`` names in ``gm``."""
+    value: Any = gm
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def map_nodes(value: Any, env: dict) -> Any:
