@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from slimfx.bench_timing import torch_threads
 from slimfx.testing import assert_matches_oracle
 
 
@@ -14,8 +15,6 @@ def oracle_check():
 @pytest.fixture(autouse=True)
 def _deterministic_single_thread():
     """Tiny models: one thread avoids thread start-up costs dominating every op."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield

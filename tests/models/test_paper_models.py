@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import slimfx
+from slimfx.bench_timing import torch_threads
 from slimfx.models import VGG
 from slimfx.models.densenet import DenseNet
 from slimfx.models.densenet import default_cfg as densenet_cfg
@@ -14,10 +15,8 @@ from slimfx.testing import assert_matches_oracle, randomize_batchnorm
 
 @pytest.fixture(autouse=True)
 def _threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(2):
+        yield
 
 
 def test_architectures_match_the_paper():

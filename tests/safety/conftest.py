@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from slimfx.bench_timing import torch_threads
 from slimfx.cli import main
 from slimfx.models import VGG, build_model
 from slimfx.testing import randomize_batchnorm
@@ -59,10 +60,8 @@ def write_malicious(path: Path, payload: Payload, fmt: str, state: dict) -> Path
 @pytest.fixture(autouse=True)
 def _single_thread():
     """Tiny models: one thread avoids thread start-up costs (and spinning on busy cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")
