@@ -212,9 +212,10 @@ def slice_consumer(module: nn.Module, node, ctx, in_attr: str, out_attr: str) ->
     weight, bias = fold_weights(module.weight, module.bias, rows, fold, ctx.dtype)
     carriers = ctx.carriers(node)
     if carriers.any():
-        weight[_index(np.flatnonzero(carriers))] = 0
+        carrier_rows = _index(np.flatnonzero(carriers))
+        weight[carrier_rows] = 0
         if bias is not None:
-            bias[_index(np.flatnonzero(carriers))] = 0
+            bias[carrier_rows] = 0
     sizes = {in_attr: weight.shape[1], out_attr: weight.shape[0]}
     return sliced_shell(module, sizes, weight=weight, bias=bias)
 
