@@ -104,6 +104,9 @@ class PropagateContext:
     def gate_values(self, layout: Layout, beta: torch.Tensor | None) -> PrunedValues:
         """What a BatchNorm with zeroed scaling factors outputs, position by position."""
         size = len(layout)
+        plain = layout.plain_group()
+        if plain is not None:  # one group, one mode: no per-position bookkeeping
+            return _gate_constant(int(self.modes[plain]), size, beta)
         tracked = layout.group != UNTRACKED
         mode = np.full(size, -1)
         mode[tracked] = self.modes[layout.group[tracked]]
@@ -116,6 +119,15 @@ class PropagateContext:
         value[mode == ZERO] = 0.0
         value[mode == CARRIER] = 1.0
         return PrunedValues.exact(value).normalized()
+
+
+def _gate_constant(mode: int, size: int, beta: torch.Tensor | None) -> PrunedValues:
+    """:meth:`PropagateContext.gate_values` for a layout whose positions share one mode."""
+    if mode == BETA and beta is not None:
+        value = beta.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
+    else:
+        value = np.full(size, 1.0 if mode == CARRIER else 0.0)
+    return PrunedValues.exact(value).normalized()
 
 
 def propagate(cg: ChannelGraph, modes: np.ndarray | Mapping[int, int] | int) -> dict[str, Any]:

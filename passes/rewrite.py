@@ -85,7 +85,7 @@ class RewriteContext:
         self.carrier_index = {
             by_name[name]: gp.carrier for name, gp in plan.groups.items() if gp.carrier is not None
         }
-        self.values = propagate(cg, plan.modes(cg))
+        self.values = _pruned_values(cg, plan, by_name)
         self.carrier_values = propagate(cg, CARRIER) if self.carrier_index else {}
         self.graph = fx.Graph()
         self.env: dict[fx.Node, fx.Node] = {}
@@ -239,6 +239,21 @@ class RewriteContext:
         if isinstance(value, torch.nn.Parameter):
             return torch.nn.Parameter(cloned, requires_grad=value.requires_grad)
         return cloned
+
+
+def _pruned_values(cg: ChannelGraph, plan: SlimPlan, group_ids: dict[str, int]) -> dict:
+    """The propagation table the folds read: each planned group in its own mode.
+
+    Coupled operands share a group, so a position's value depends on its own group's mode
+    only, and the folds read positions of planned groups only: when every planned group has
+    the same mode, the table with that mode everywhere (which the plan propagated already)
+    holds the same values.
+    """
+    modes = plan.modes(cg)
+    used = {int(modes[group_ids[name]]) for name in plan.groups}
+    if len(used) == 1:
+        return propagate(cg, used.pop())
+    return propagate(cg, modes)
 
 
 class _Passing(dict):

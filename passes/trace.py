@@ -84,6 +84,10 @@ def _user_frame(exc: BaseException) -> str:
     return "unknown location"
 
 
+#: Argument types that stand for themselves in a graph (``fx.Tracer.create_arg`` returns them).
+_PLAIN_ARGUMENTS = frozenset({int, float, bool, str, type(None)})
+
+
 class SlimTracer(fx.Tracer):
     """A symbolic tracer that survives untraceable submodules (see the module docstring)."""
 
@@ -97,6 +101,22 @@ class SlimTracer(fx.Tracer):
         if id(m) in self._opaque_ids or module_rule(m) is not None:
             return True
         return super().is_leaf_module(m, module_qualified_name)
+
+    def create_arg(self, a: Any) -> Any:
+        """``fx.Tracer.create_arg``, with the answer for its most common arguments up front.
+
+        A proxy stands for its node and a plain scalar for itself; ``fx.Tracer`` reaches the
+        same answers only after checking each against parameters, buffers, modules and
+        constant types. Everything else takes the general way.
+        """
+        kind = type(a)
+        if kind is fx.Proxy:
+            return a.node
+        if kind in _PLAIN_ARGUMENTS:
+            return a
+        if kind is tuple:
+            return tuple([self.create_arg(item) for item in a])
+        return super().create_arg(a)
 
     def call_module(self, m, forward, args, kwargs):
         try:

@@ -43,12 +43,12 @@ class ElementwiseUnary(Passthrough):
         """The op applied to ``x`` (float64), or ``None`` when it cannot be evaluated."""
         if node.op == "call_module":
             module = ctx.module(node)
+            if not module._parameters and not module._buffers and not module._modules:
+                return module.forward(x)  # stateless: no copy, no hooks
             state = {
                 name: t.detach().to(torch.float64) if t.is_floating_point() else t
                 for name, t in [*module.named_parameters(), *module.named_buffers()]
             }
-            if not state:
-                return module.forward(x)  # stateless: no copy, no hooks
             return torch.func.functional_call(module, state, (x,))
         if any(isinstance(a, fx.Node) for a in fx.node.map_aggregate(node.args[1:], _leaf)) or any(
             isinstance(a, fx.Node) for a in fx.node.map_aggregate(node.kwargs, _leaf)

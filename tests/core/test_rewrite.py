@@ -1,6 +1,9 @@
 """Pass 4, rewrite: new modules, original names and classes, nothing shared."""
 
+import importlib
+
 import torch
+import torch.nn as nn
 
 import slimfx
 from slimfx.models import VGG
@@ -53,3 +56,63 @@ def test_float64_rewrite_converts_every_floating_tensor():
     slim = slimfx.rewrite(cg, slimfx.plan(cg, 0.3), dtype=torch.float64)
     assert all(p.dtype == torch.float64 for p in slim.parameters())
     assert slim.feature[1].running_mean.dtype == torch.float64
+
+
+def _count_propagations(monkeypatch) -> list:
+    constants = importlib.import_module("slimfx.passes.constants")
+    modes = []
+    original = constants.PropagateContext.__init__
+
+    def counting(self, cg, mode_array):
+        modes.append(tuple(int(m) for m in mode_array))
+        original(self, cg, mode_array)
+
+    monkeypatch.setattr(constants.PropagateContext, "__init__", counting)
+    return modes
+
+
+def test_rewrite_reads_the_plans_tables_when_every_group_shares_a_mode(monkeypatch):
+    model = randomize_batchnorm(VGG(depth=11), seed=5)  # nonzero betas: carriers too
+    propagated = _count_propagations(monkeypatch)
+    res = slimfx.slim(model, X, 0.5)
+    assert {gp.mode for gp in res.plan.groups.values()} == {"compensate"}
+    assert any(gp.carrier is not None for gp in res.plan.groups.values())
+    n_groups = len(res.channel_graph.groups)
+    plan_and_rewrite = propagated[:2]  # verification rebuilds in float64 afterwards
+    assert sorted(plan_and_rewrite) == [(0,) * n_groups, (2,) * n_groups]  # BETA, CARRIER
+    assert len(set(propagated)) == 2
+
+
+class _ZeroedThenCompensated(nn.Module):
+    """conv1's group falls back to zeroing (max pooling of a padded constant), conv2's
+    is compensated with a carrier (a zero-padded consumer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.pool = nn.Sequential(nn.ZeroPad2d(1), nn.MaxPool2d(2))
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.conv3 = nn.Conv2d(8, 4, 3, padding=1)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.bn1(self.conv1(x))))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.head(self.conv3(x).mean(dim=(2, 3)))
+
+
+def test_groups_in_different_modes_fold_each_in_its_own(monkeypatch):
+    model = randomize_batchnorm(_ZeroedThenCompensated(), seed=6)
+    with torch.no_grad():
+        model.bn1.bias.abs_()  # relu(beta) > 0: the constants matter
+        model.bn2.bias.abs_()
+    propagated = _count_propagations(monkeypatch)
+    x = torch.randn(2, 3, 8, 8)
+    res = slimfx.slim(model, x, 0.5)  # verifies in float64 (relative error <= 1e-9)
+    assert res.plan.groups["conv1"].mode == "zero"
+    assert res.plan.groups["conv2"].mode == "compensate"
+    assert res.plan.groups["conv2"].carrier is not None
+    assert res.report.verification_error <= 1e-9
+    assert len(set(propagated)) == 4  # BETA, ZERO, CARRIER and the mixed table

@@ -40,6 +40,41 @@ def test_lazy_code_trace_has_the_same_graph_and_runs_like_the_model():
         assert torch.equal(lazy(x), model(x))
 
 
+class _ArgsLikeFx(importlib.import_module("slimfx.passes.trace").SlimTracer):
+    """SlimTracer with fx's own ``create_arg``, to compare the fast path against."""
+
+    def create_arg(self, a):
+        return torch.fx.Tracer.create_arg(self, a)
+
+
+class _ArgsEverywhere(nn.Module):
+    """Proxies, scalars, tuples, lists, dicts, slices, dtypes and a buffer as arguments."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.register_buffer("scale", torch.full((1, 4, 1, 1), 0.5))
+
+    def forward(self, x):
+        y = self.conv(x) * self.scale + 1.5
+        y = torch.cat([y, y], dim=1)[:, 1:7]
+        y = y.to(dtype=torch.float32).reshape(y.size(0), -1)
+        return {"out": y.clamp(min=None, max=3), "pair": (y, True, "tag")}
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: VGG(depth=11), torchvision.models.resnet18, _ArgsEverywhere],
+    ids=["cifar-vgg", "resnet18", "arguments"],
+)
+def test_tracer_argument_fast_path_builds_the_graph_fx_builds(make):
+    model = make().eval()
+    ours = importlib.import_module("slimfx.passes.trace").SlimTracer().trace(model)
+    theirs = _ArgsLikeFx().trace(model)
+    assert [n.format_node() for n in ours.nodes] == [n.format_node() for n in theirs.nodes]
+    assert ours.python_code("self").src == theirs.python_code("self").src
+
+
 def test_module_built_inside_forward_is_traced_into_its_function():
     gm = slimfx.trace(VGG(depth=11), torch.randn(1, 3, 32, 32))
     targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
