@@ -163,13 +163,16 @@ class RewriteContext:
     def _pair_with_carriers(self, layout, kept, inp, contrib, partner, carrier_value) -> None:
         """Fill ``partner``/``carrier_value``: the ``j``-th appearance of a pruned channel
         pairs with the ``j``-th appearance of its group's carrier (flatten repeats them)."""
-        plain = layout.plain_group() is not None
-        occurrence = np.zeros(len(layout), np.int64) if plain else layout.occurrence()
-        stride = int(occurrence.max()) + 1
-        key = layout.group * stride + occurrence
         carriers = np.flatnonzero(self.carrier.mask(layout))
         if not len(carriers):
             return  # no carrier in this consumer's input: everything folds into the bias
+        if layout.plain_group() is not None:  # one group, each channel once: one carrier
+            partner[:] = np.searchsorted(kept, carriers[0])
+            carrier_value[:] = self.carrier_values[inp.name].value[carriers[0]]
+            return
+        occurrence = layout.occurrence()
+        stride = int(occurrence.max()) + 1
+        key = layout.group * stride + occurrence
         order = np.argsort(key[carriers], kind="stable")
         sorted_keys = key[carriers][order]
         wanted = key[contrib]

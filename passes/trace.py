@@ -422,31 +422,39 @@ def restore_containers(slim: fx.GraphModule, original: torch.nn.Module) -> None:
     ``GraphModule`` builds the path to each leaf from plain ``nn.Module`` objects; users
     expect ``slim.features[3]`` to work and ``print(slim)`` to look like the original.
     """
-    originals = dict(original.named_modules())
-    paths = [name for name, _ in slim.named_modules() if name and name in originals]
-    for path in sorted(paths, key=lambda p: -p.count(".")):
-        current = slim.get_submodule(path)
-        source = originals[path]
-        if type(current) is not torch.nn.Module or type(source) is torch.nn.Module:
-            continue
-        if isinstance(source, torch.nn.Sequential | torch.nn.ModuleList | torch.nn.ModuleDict):
-            shell = type(source).__new__(type(source))
-            torch.nn.Module.__init__(shell)
-        else:
-            shell = copy.copy(source)
-            shell._modules = {}
-            shell._parameters = {}
-            shell._buffers = {}
-            shell._non_persistent_buffers_set = set()
-        shell.training = current.training
-        order = list(source._modules) + [k for k in current._modules if k not in source._modules]
-        for key in order:
-            if key in current._modules:
-                shell._modules[key] = current._modules[key]
-        shell._parameters.update(current._parameters)
-        shell._buffers.update(current._buffers)
-        parent_path, _, leaf = path.rpartition(".")
-        parent = slim.get_submodule(parent_path) if parent_path else slim
-        parent._modules[leaf] = shell
+    _restore_children(slim, original)
     order = list(original._modules) + [k for k in slim._modules if k not in original._modules]
     slim._modules = {k: slim._modules[k] for k in order if k in slim._modules}
+
+
+def _restore_children(current: torch.nn.Module, source: torch.nn.Module) -> None:
+    """Walk ``current`` and ``source`` side by side, deepest first, replacing each plain
+    ``nn.Module`` that stands for one of ``source``'s containers by a shell of its class."""
+    for key, child in list(current._modules.items()):
+        origin = source._modules.get(key)
+        if child is None or origin is None:
+            continue
+        _restore_children(child, origin)
+        if type(child) is torch.nn.Module and type(origin) is not torch.nn.Module:
+            current._modules[key] = _container_shell(child, origin)
+
+
+def _container_shell(current: torch.nn.Module, source: torch.nn.Module) -> torch.nn.Module:
+    """A module of ``source``'s class holding ``current``'s children, in ``source``'s order."""
+    if isinstance(source, torch.nn.Sequential | torch.nn.ModuleList | torch.nn.ModuleDict):
+        shell = type(source).__new__(type(source))
+        torch.nn.Module.__init__(shell)
+    else:
+        shell = copy.copy(source)
+        shell._modules = {}
+        shell._parameters = {}
+        shell._buffers = {}
+        shell._non_persistent_buffers_set = set()
+    shell.training = current.training
+    order = list(source._modules) + [k for k in current._modules if k not in source._modules]
+    for key in order:
+        if key in current._modules:
+            shell._modules[key] = current._modules[key]
+    shell._parameters.update(current._parameters)
+    shell._buffers.update(current._buffers)
+    return shell

@@ -103,7 +103,7 @@ def _fold_scales(fold, in_size: int, dtype: torch.dtype) -> torch.Tensor:
         if not np.array_equal(columns[np.minimum(slot, len(columns) - 1)], fold.partner[carried]):
             raise AssertionError("a pruned channel is paired with a column that is no carrier")
         ratio = fold.value[carried] / fold.carrier_value[carried]
-        np.add.at(scales, (slot, fold.contrib[carried]), ratio)
+        scales[slot, fold.contrib[carried]] = ratio  # pruned positions are distinct
     scales[-1, fold.contrib[direct]] = fold.value[direct]
     return torch.from_numpy(scales).to(dtype)
 
@@ -124,21 +124,27 @@ def _kept_block_and_sums(source, rows, cols, scales):
         sums = (kept_rows.reshape(n_rows, in_size) @ scales.T).unsqueeze(2)
         return gather(kept_rows, None, cols), sums
     kernel = tuple(source.shape[2:])
+    k_size = math.prod(kernel)
     new_weight = torch.empty((n_rows, n_cols, *kernel), dtype=source.dtype)
-    sums = torch.empty((n_rows, scales.shape[0], math.prod(kernel)), dtype=source.dtype)
-    row_bytes = in_size * math.prod(kernel) * source.element_size()
-    step = max(1, min(n_rows, _CHUNK_BYTES // row_bytes))
-    buffer = torch.empty((step, in_size, *kernel), dtype=source.dtype)
+    flat_weight = new_weight.view(n_rows * n_cols, k_size)
+    sums = torch.empty((n_rows, scales.shape[0], k_size), dtype=source.dtype)
+    step = max(1, min(n_rows, _CHUNK_BYTES // (in_size * k_size * source.element_size())))
     rows_t = torch.from_numpy(row_index)
     full_chunk = _flat_index(np.arange(step), col_index, in_size)
+    if step == n_rows:  # a small layer: its kept rows are the buffer
+        block = source.index_select(0, rows_t).view(n_rows, in_size, k_size)
+        torch.index_select(block.view(n_rows * in_size, k_size), 0, full_chunk, out=flat_weight)
+        torch.bmm(scales.expand(n_rows, -1, -1), block, out=sums)
+        return new_weight, sums
+    buffer = torch.empty((step, in_size, k_size), dtype=source.dtype)
     for start in range(0, n_rows, step):
         stop = min(n_rows, start + step)
         block = buffer[: stop - start]
-        torch.index_select(source, 0, rows_t[start:stop], out=block)
+        torch.index_select(source, 0, rows_t[start:stop], out=block.view(-1, in_size, *kernel))
         local = full_chunk if stop - start == step else full_chunk[: (stop - start) * n_cols]
-        flat_out = new_weight[start:stop].view((stop - start) * n_cols, -1)
-        torch.index_select(block.view((stop - start) * in_size, -1), 0, local, out=flat_out)
-        torch.matmul(scales, block.view(stop - start, in_size, -1), out=sums[start:stop])
+        flat_out = flat_weight[start * n_cols : stop * n_cols]
+        torch.index_select(block.view((stop - start) * in_size, k_size), 0, local, out=flat_out)
+        torch.bmm(scales.expand(stop - start, -1, -1), block, out=sums[start:stop])
     return new_weight, sums
 
 

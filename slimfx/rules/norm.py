@@ -48,18 +48,22 @@ class BatchNorm(Passthrough):
         kept = ctx.kept(node)
         if kept is None:
             return ctx.emit(node, module=ctx.unchanged(node))
-        carriers = np.flatnonzero(ctx.carriers(node)) if bn.affine else ()
         index = torch.from_numpy(np.ascontiguousarray(kept, dtype=np.int64))
         whole = len(kept) == bn.num_features  # kept positions are sorted and distinct
+        carriers = np.flatnonzero(ctx.carriers(node)) if bn.affine else ()
+        fill_at = torch.from_numpy(carriers) if len(carriers) else None
         tensors = {}
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            value = getattr(bn, name)
-            if value is not None:
-                value = value.detach()
-                tensors[name] = ctx.cast(value.clone() if whole else value.index_select(0, index))
-        if len(carriers):
-            fill = {"weight": 0.0, "bias": 1.0, "running_mean": 0.0, "running_var": 1.0}
-            for name, value in fill.items():
-                if name in tensors:
-                    tensors[name][carriers] = value
+        for name, fill in _CARRIER_STATE:
+            value = bn._parameters[name] if name in bn._parameters else bn._buffers.get(name)
+            if value is None:
+                continue
+            value = value.detach()
+            value = ctx.cast(value.clone() if whole else value.index_select(0, index))
+            if fill_at is not None:
+                value.index_fill_(0, fill_at, fill)
+            tensors[name] = value
         return ctx.emit(node, module=sliced_shell(bn, {"num_features": len(kept)}, **tensors))
+
+
+#: BatchNorm state and its value at a carrier channel (gamma 0 and beta 1: it outputs 1).
+_CARRIER_STATE = (("weight", 0.0), ("bias", 1.0), ("running_mean", 0.0), ("running_var", 1.0))

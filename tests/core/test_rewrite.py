@@ -4,6 +4,7 @@ import importlib
 
 import torch
 import torch.nn as nn
+import torchvision
 
 import slimfx
 from slimfx.models import VGG
@@ -116,3 +117,18 @@ def test_groups_in_different_modes_fold_each_in_its_own(monkeypatch):
     assert res.plan.groups["conv2"].carrier is not None
     assert res.report.verification_error <= 1e-9
     assert len(set(propagated)) == 4  # BETA, ZERO, CARRIER and the mixed table
+
+
+def test_nested_containers_keep_their_classes_and_child_order():
+    model = randomize_batchnorm(torchvision.models.resnet18(num_classes=10), seed=7).eval()
+    res = slimfx.slim(model, torch.randn(1, 3, 32, 32), 0.3, verify=False)
+    slim = res.module
+    assert type(slim.layer1) is nn.Sequential
+    assert type(slim.layer2[0]) is torchvision.models.resnet.BasicBlock
+    assert type(slim.layer2[0].downsample) is nn.Sequential
+    assert list(slim._modules) == [k for k in model._modules if k in slim._modules]
+    assert list(slim.layer2[0]._modules) == [
+        k for k in model.layer2[0]._modules if k in slim.layer2[0]._modules
+    ]
+    traced = res.channel_graph.gm  # the trace's containers are restored the same way
+    assert type(traced.layer3[1]) is torchvision.models.resnet.BasicBlock
