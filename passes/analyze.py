@@ -27,6 +27,7 @@ from typing import Any
 
 import networkx as nx
 import numpy as np
+import torch
 import torch.fx as fx
 
 import slimfx.rules  # noqa: F401  (registers every rule)
@@ -88,7 +89,7 @@ class AnalyzeContext:
         gid = len(self.group_names)
         self.group_names.append(node.name)
         self.group_sizes.append(int(size))
-        self.graph.add_node(node.name, size=int(size), op=_op_label(node, self.gm))
+        self.graph.add_node(node.name, size=int(size), op=_op_label(node, self.submodules))
         return Layout.plain(gid, size)
 
     def space(self, node: fx.Node, layout: Layout) -> None:
@@ -98,7 +99,7 @@ class AnalyzeContext:
             return
         root = self.group_names[gid]
         if node.name != root:
-            self.graph.add_node(node.name, size=len(layout), op=_op_label(node, self.gm))
+            self.graph.add_node(node.name, size=len(layout), op=_op_label(node, self.submodules))
             self.graph.add_edge(root, node.name, kind="identity", via=node.name)
 
     def freeze(self, layouts: Iterable[Layout] | Layout, reason: str) -> None:
@@ -185,9 +186,9 @@ class AnalyzeContext:
             self.blocks[gid].add(int(blocks))
 
 
-def _op_label(node: fx.Node, gm: fx.GraphModule) -> str:
+def _op_label(node: fx.Node, submodules: dict[str, torch.nn.Module]) -> str:
     if node.op == "call_module":
-        return type(gm.get_submodule(str(node.target))).__name__
+        return type(submodules[str(node.target)]).__name__
     return getattr(node.target, "__name__", str(node.target))
 
 
@@ -247,10 +248,11 @@ def _shared_modules(gm: fx.GraphModule) -> set[str]:
             calls[str(node.target)] += 1
     shared = set()
     for target, count in calls.items():
+        if count < 2:
+            continue
         module = gm.get_submodule(target)
         has_state = next(module.parameters(), None) is not None
-        has_state = has_state or next(module.buffers(), None) is not None
-        if count > 1 and has_state:
+        if has_state or next(module.buffers(), None) is not None:
             shared.add(target)
     return shared
 

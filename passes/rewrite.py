@@ -13,6 +13,7 @@ exactly what the masked original computes.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +92,7 @@ class RewriteContext:
         self.env: dict[fx.Node, fx.Node] = {}
         self.modules: dict[str, torch.nn.Module] = {}
         self.attrs: dict[str, torch.Tensor] = {}
+        self.deferred: list[Callable[[], None]] = []
 
     # -- reading ---------------------------------------------------------------------
     def module(self, node: fx.Node) -> torch.nn.Module:
@@ -119,6 +121,14 @@ class RewriteContext:
         if layout is None:
             return np.zeros(0, dtype=bool)
         return self.carrier.mask(layout)[self.keep.positions(layout)]
+
+    def defer(self, work: Callable[[], None]) -> None:
+        """Run ``work`` (tensor copies) once every node is rewritten, before returning.
+
+        The slicing of large layers streams their weights through the caches; done at the
+        end, one after another, it neither evicts nor waits for the per-node work.
+        """
+        self.deferred.append(work)
 
     def cast(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.dtype is None or not tensor.is_floating_point():
@@ -329,6 +339,9 @@ def rewrite(
     slim.graph.lint()
     slim.training = cg.gm.training
     _record_shapes(ctx)
+    with torch.no_grad():
+        for work in ctx.deferred:
+            work()
     return slim
 
 

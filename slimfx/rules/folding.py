@@ -13,6 +13,8 @@ Sums run in the target dtype; a float64 rebuild (which verification uses) is exa
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -108,12 +110,14 @@ def _fold_scales(fold, in_size: int, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(scales).to(dtype)
 
 
-def _kept_block_and_sums(source, rows, cols, scales):
+def _kept_block_and_sums(source, rows, cols, scales, out=None):
     """``(source[rows][:, cols], sums)`` with ``sums[o] = scales @ source[rows][o]``.
 
     A convolution's kept rows are copied a few at a time into one small buffer; the kept
     columns and the sums are both taken from it while it is in cache, so every kept row is
-    read from memory once and no temporary the size of the layer is allocated.
+    read from memory once and no temporary the size of the layer is allocated. ``out``, a
+    contiguous tensor of the kept block's shape, receives the kept block of a convolution
+    (one whose kernel has more than one element).
     """
     out_size, in_size = source.shape[0], source.shape[1]
     row_index = np.arange(out_size) if rows is None else np.asarray(rows, dtype=np.int64)
@@ -125,7 +129,7 @@ def _kept_block_and_sums(source, rows, cols, scales):
         return gather(kept_rows, None, cols), sums
     kernel = tuple(source.shape[2:])
     k_size = math.prod(kernel)
-    new_weight = torch.empty((n_rows, n_cols, *kernel), dtype=source.dtype)
+    new_weight = torch.empty((n_rows, n_cols, *kernel), dtype=source.dtype) if out is None else out
     flat_weight = new_weight.view(n_rows * n_cols, k_size)
     sums = torch.empty((n_rows, scales.shape[0], k_size), dtype=source.dtype)
     step = max(1, min(n_rows, _CHUNK_BYTES // (in_size * k_size * source.element_size())))
@@ -148,7 +152,27 @@ def _kept_block_and_sums(source, rows, cols, scales):
     return new_weight, sums
 
 
-def fold_weights(weight, bias, rows, fold, dtype):
+@dataclass
+class FoldedLayer:
+    """A consumer's new weight and bias, and the work that computes their values.
+
+    Attributes
+    ----------
+    weight : Tensor
+        ``(kept out, kept in, *kernel)``.
+    bias : Tensor or None
+        ``(kept out,)``; created when a fold needs one and the layer had none.
+    fill : callable or None
+        Writes the values of ``weight`` and ``bias`` in place; ``None`` when they are
+        computed already.
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    fill: Callable[[], None] | None = None
+
+
+def folded_layer(weight, bias, rows, fold, dtype) -> FoldedLayer:
     """The consumer's new weight and bias (see the module docstring).
 
     Parameters
@@ -167,8 +191,10 @@ def fold_weights(weight, bias, rows, fold, dtype):
 
     Returns
     -------
-    (weight, bias)
-        ``bias`` is created when a fold needs one and the layer had none.
+    FoldedLayer
+        For a convolution that folds constants, its tensors are allocated and ``fill``
+        computes them: a caller can build the layer at once and copy the weights later,
+        together with other layers'.
 
     Notes
     -----
@@ -177,23 +203,56 @@ def fold_weights(weight, bias, rows, fold, dtype):
     copied: the weights are read once, and nothing the size of the pruned part is copied.
     """
     dtype = dtype or weight.dtype
-    source = weight.detach() if weight.dtype == dtype else weight.detach().to(dtype)
-    memory_format = _memory_format(source)
-    source = source.contiguous()
+    memory_format = _memory_format(weight)
     new_bias = None if bias is None else gather(bias, rows).to(dtype)
+    kernel = tuple(weight.shape[2:])
+    if not fold.active or memory_format != torch.contiguous_format or math.prod(kernel) < 2:
+        source = weight.detach().to(dtype).contiguous()
+        new_weight, new_bias = _fold_now(source, new_bias, rows, fold, dtype)
+        return FoldedLayer(new_weight.contiguous(memory_format=memory_format), new_bias)
+    n_rows = weight.shape[0] if rows is None else len(rows)
+    n_cols = weight.shape[1] if fold.kept is None else len(fold.kept)
+    new_weight = torch.empty((n_rows, n_cols, *kernel), dtype=dtype)
+    into_bias = bool((fold.partner < 0).any())
+    if into_bias and new_bias is None:
+        new_bias = torch.zeros(n_rows, dtype=dtype)
+
+    def fill() -> None:
+        source = weight.detach().to(dtype).contiguous()
+        scales = _fold_scales(fold, source.shape[1], dtype)
+        _, sums = _kept_block_and_sums(source, rows, fold.kept, scales, out=new_weight)
+        _write_sums(new_weight, new_bias, sums, fold, into_bias)
+
+    return FoldedLayer(new_weight, new_bias, fill)
+
+
+def fold_weights(weight, bias, rows, fold, dtype):
+    """:func:`folded_layer`, computed now: ``(weight, bias)``."""
+    layer = folded_layer(weight, bias, rows, fold, dtype)
+    if layer.fill is not None:
+        layer.fill()
+    return layer.weight, layer.bias
+
+
+def _fold_now(source, new_bias, rows, fold, dtype):
     if not fold.active:
-        new_weight = gather(source, rows, fold.kept)
-        return new_weight.contiguous(memory_format=memory_format), new_bias
+        return gather(source, rows, fold.kept), new_bias
     scales = _fold_scales(fold, source.shape[1], dtype)
     new_weight, sums = _kept_block_and_sums(source, rows, fold.kept, scales)
-    out_rows, kernel = new_weight.shape[0], tuple(source.shape[2:])
+    into_bias = bool((fold.partner < 0).any())
+    if into_bias and new_bias is None:
+        new_bias = torch.zeros(new_weight.shape[0], dtype=dtype)
+    _write_sums(new_weight, new_bias, sums, fold, into_bias)
+    return new_weight, new_bias
+
+
+def _write_sums(new_weight, new_bias, sums, fold, into_bias: bool) -> None:
+    """Folded sums into the carrier columns and (``into_bias``) the bias, in place."""
+    out_rows, kernel = new_weight.shape[0], tuple(new_weight.shape[2:])
     for k, column in enumerate(int(c) for c in fold.carrier_columns):
         new_weight[:, column] = sums[:, k].reshape(out_rows, *kernel)
-    if (fold.partner < 0).any():
-        extra = sums[:, -1].sum(1)
-        base = torch.zeros(out_rows, dtype=dtype) if new_bias is None else new_bias
-        new_bias = base + extra
-    return new_weight.contiguous(memory_format=memory_format), new_bias
+    if into_bias:
+        new_bias.add_(sums[:, -1].sum(1))
 
 
 def _memory_format(weight: torch.Tensor) -> torch.memory_format:
@@ -212,18 +271,27 @@ def slice_consumer(module: nn.Module, node, ctx, in_attr: str, out_attr: str) ->
 
     Carrier output channels (this layer produces a group with a carrier) get zero weights
     and bias: the BatchNorm after them outputs the carrier's constant whatever they compute.
+
+    The layer is returned at once; the copying of its weights is handed to ``ctx.defer``,
+    which the rewrite runs before it returns.
     """
     rows = ctx.kept(node)
     fold = ctx.sink_fold(node, node.args[0])
-    weight, bias = fold_weights(module.weight, module.bias, rows, fold, ctx.dtype)
+    layer = folded_layer(module.weight, module.bias, rows, fold, ctx.dtype)
     carriers = ctx.carriers(node)
-    if carriers.any():
-        carrier_rows = _index(np.flatnonzero(carriers))
-        weight[carrier_rows] = 0
-        if bias is not None:
-            bias[carrier_rows] = 0
-    sizes = {in_attr: weight.shape[1], out_attr: weight.shape[0]}
-    return sliced_shell(module, sizes, weight=weight, bias=bias)
+
+    def finish() -> None:
+        if layer.fill is not None:
+            layer.fill()
+        if carriers.any():
+            carrier_rows = _index(np.flatnonzero(carriers))
+            layer.weight.index_fill_(0, carrier_rows, 0)
+            if layer.bias is not None:
+                layer.bias.index_fill_(0, carrier_rows, 0)
+
+    ctx.defer(finish)
+    sizes = {in_attr: layer.weight.shape[1], out_attr: layer.weight.shape[0]}
+    return sliced_shell(module, sizes, weight=layer.weight, bias=layer.bias)
 
 
 def slice_grouped(conv: nn.Module, node, ctx) -> nn.Module:

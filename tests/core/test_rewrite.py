@@ -2,6 +2,7 @@
 
 import importlib
 
+import pytest
 import torch
 import torch.nn as nn
 import torchvision
@@ -132,3 +133,17 @@ def test_nested_containers_keep_their_classes_and_child_order():
     ]
     traced = res.channel_graph.gm  # the trace's containers are restored the same way
     assert type(traced.layer3[1]) is torchvision.models.resnet.BasicBlock
+
+
+def test_a_failure_in_the_deferred_weight_copies_fails_the_rewrite(monkeypatch):
+    folding = importlib.import_module("slimfx.rules.folding")
+    model = randomize_batchnorm(VGG(depth=11), seed=8)
+    cg = slimfx.analyze(slimfx.trace(model, X))
+    plan = slimfx.plan(cg, 0.5)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("copy failed")
+
+    monkeypatch.setattr(folding, "_kept_block_and_sums", broken)
+    with pytest.raises(RuntimeError, match="copy failed"):
+        slimfx.rewrite(cg, plan)
