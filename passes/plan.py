@@ -466,12 +466,14 @@ def _balance_blocks(g, pruned, score, round_to, min_channels) -> np.ndarray:
 
 def _round_and_carry(g, mode, pruned, score, round_to, sinks) -> tuple[np.ndarray, int | None]:
     pruned = pruned.copy()
-    by_score = np.argsort(-score, kind="stable")
-    restore_order = by_score[pruned[by_score]]
+    restore_order = None  # pruned channels, largest score first (sorted only if needed)
     restored = 0
 
     def restore(count: int) -> None:
-        nonlocal restored
+        nonlocal restored, restore_order
+        if restore_order is None:
+            by_score = np.argsort(-score, kind="stable")
+            restore_order = by_score[pruned[by_score]]
         pruned[restore_order[restored : restored + count]] = False
         restored = min(len(restore_order), restored + count)
 

@@ -21,6 +21,7 @@ does); it never modifies them.
 
 from __future__ import annotations
 
+import collections
 import copy
 import logging
 import os
@@ -84,6 +85,17 @@ def _user_frame(exc: BaseException) -> str:
     return "unknown location"
 
 
+class _ModuleStack(collections.OrderedDict):
+    """The tracer's module stack; fx copies it into every node's ``meta["nn_module_stack"]``.
+
+    ``copy.copy`` of a plain ``OrderedDict`` goes through ``__reduce_ex__``; this copies it
+    directly, into a plain ``OrderedDict`` with the same items.
+    """
+
+    def __copy__(self) -> collections.OrderedDict:
+        return collections.OrderedDict(self)
+
+
 #: Argument types that stand for themselves in a graph (``fx.Tracer.create_arg`` returns them).
 _PLAIN_ARGUMENTS = frozenset({int, float, bool, str, type(None)})
 
@@ -95,6 +107,7 @@ class SlimTracer(fx.Tracer):
         super().__init__()
         self.notes = TraceNotes()
         self._opaque_ids: set[int] = set()
+        self.module_stack = _ModuleStack()
 
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
         """torch.nn modules, modules with a slimfx rule, and opaque leaves."""

@@ -1,5 +1,6 @@
 """Pass 1, trace: real VGG code, untraceable submodules, errors that name the construct."""
 
+import collections
 import importlib
 
 import pytest
@@ -41,7 +42,11 @@ def test_lazy_code_trace_has_the_same_graph_and_runs_like_the_model():
 
 
 class _ArgsLikeFx(importlib.import_module("slimfx.passes.trace").SlimTracer):
-    """SlimTracer with fx's own ``create_arg``, to compare the fast path against."""
+    """SlimTracer with fx's own ``create_arg`` and module stack, to compare against."""
+
+    def __init__(self):
+        super().__init__()
+        self.module_stack = collections.OrderedDict()
 
     def create_arg(self, a):
         return torch.fx.Tracer.create_arg(self, a)
@@ -73,6 +78,9 @@ def test_tracer_argument_fast_path_builds_the_graph_fx_builds(make):
     theirs = _ArgsLikeFx().trace(model)
     assert [n.format_node() for n in ours.nodes] == [n.format_node() for n in theirs.nodes]
     assert ours.python_code("self").src == theirs.python_code("self").src
+    stacks = [n.meta.get("nn_module_stack") for n in ours.nodes]
+    assert stacks == [n.meta.get("nn_module_stack") for n in theirs.nodes]
+    assert {type(st) for st in stacks} == {collections.OrderedDict, type(None)}
 
 
 def test_module_built_inside_forward_is_traced_into_its_function():
