@@ -2,8 +2,9 @@
 
 Pruned values are pushed through the op by evaluating the op itself on a float64 tensor of
 the values (shaped ``(1, C, 1, …)``), so every activation is exact without a hand-written
-formula. Positively homogeneous ops (``f(a*x) = a*f(x)`` for ``a >= 0``) also carry spatial
-patterns; dropout is the identity at inference.
+formula; plain ReLU, the common case, is ``max(v, 0)`` in numpy. Positively homogeneous ops
+(``f(a*x) = a*f(x)`` for ``a >= 0``) also carry spatial patterns; dropout is the identity at
+inference.
 """
 
 from __future__ import annotations
@@ -81,6 +82,22 @@ class HomogeneousActivation(ElementwiseUnary):
 
     name = "relu-like"
     homogeneous = True
+
+    def propagate(self, node, ctx):
+        values = ctx.values(first_input(node))
+        if values is not None and _is_plain_relu(node, ctx):
+            # max(v, 0) is exact in float64 (NaN stays NaN): no tensor round trip
+            return values.mapped(np.maximum(values.value, 0.0), self.homogeneous)
+        return super().propagate(node, ctx)
+
+
+_RELU_FUNCTIONS = (F.relu, F.relu_, torch.relu, torch.relu_, "relu", "relu_")
+
+
+def _is_plain_relu(node: fx.Node, ctx) -> bool:
+    if node.op == "call_module":
+        return type(ctx.module(node)) is nn.ReLU
+    return node.target in _RELU_FUNCTIONS and len(node.args) == 1
 
 
 @register(

@@ -1,5 +1,8 @@
 """Rule family: channel-wise activations, dropout and identity-like methods."""
 
+import importlib
+
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -96,3 +99,45 @@ def test_nonhomogeneous_activation_after_padding_pattern_falls_back_to_zeroing()
     gp = res.plan.groups["conv1"]
     assert gp.mode == "zero"  # tanh(0) = 0: zeroing stays exact
     assert any("zeroing instead" in n for n in res.report.notes)
+
+
+class _ThreeReLUs(nn.Module):
+    """A ReLU module, ``F.relu`` and ``Tensor.relu_``, after zero padding (patterns too)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.act = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(8, 8, 3)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.conv3 = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x):
+        x = F.pad(self.act(self.bn1(self.conv1(x))), (1, 1, 1, 1))
+        x = F.relu(x)
+        x = self.bn2(self.conv2(x)).relu_()
+        return self.conv3(x)
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2])  # BETA, ZERO, CARRIER
+def test_relu_in_numpy_gives_the_values_evaluating_the_op_gives(mode, monkeypatch):
+    activations = importlib.import_module("slimfx.rules.activations")
+    constants = importlib.import_module("slimfx.passes.constants")
+    model = randomize_batchnorm(_ThreeReLUs(), seed=11)
+    with torch.no_grad():
+        model.bn1.bias.copy_(torch.tensor([-1.0, 0.0, -0.0, 0.5, 2.0, -3.0, 1e-3, float("nan")]))
+    cg = slimfx.analyze(slimfx.trace(model, torch.randn(1, 3, 6, 6)))
+    fast = constants.propagate(cg, mode)
+    monkeypatch.setattr(activations, "_is_plain_relu", lambda node, ctx: False)
+    evaluated = constants.propagate(cg, mode)
+    relus = [n for n in cg.gm.graph.nodes if "relu" in n.name or n.name == "act"]
+    assert len(relus) == 3
+    for name, values in evaluated.items():
+        ours = fast[name]
+        if values is None:
+            assert ours is None
+            continue
+        np.testing.assert_array_equal(ours.kind, values.kind)
+        np.testing.assert_array_equal(ours.pattern, values.pattern)
+        np.testing.assert_array_equal(ours.value, values.value)  # NaN equals NaN here
