@@ -93,21 +93,27 @@ def _flat_index(rows: np.ndarray, cols: np.ndarray, size: int) -> torch.Tensor:
 _CHUNK_BYTES = 1 << 19  # rows copied at a time while folding: stays in a core's cache
 
 
+#: numpy dtypes the fold scales are built in directly (others are converted from float64)
+_NUMPY_FLOATS = {torch.float32: np.float32, torch.float64: np.float64}
+
+
 def _fold_scales(fold, in_size: int, dtype: torch.dtype) -> torch.Tensor:
     """``(carriers + 1, in)``: row ``k`` scales the inputs folded into carrier column ``k``,
     the last row those folded into the bias."""
     columns = np.asarray(fold.carrier_columns, dtype=np.int64)
-    scales = np.zeros((len(columns) + 1, in_size))
+    scales = np.zeros((len(columns) + 1, in_size), dtype=_NUMPY_FLOATS.get(dtype, np.float64))
     direct = fold.partner < 0
     carried = np.flatnonzero(~direct)
     if len(carried):
         slot = np.searchsorted(columns, fold.partner[carried])  # carrier columns ascend
         if not np.array_equal(columns[np.minimum(slot, len(columns) - 1)], fold.partner[carried]):
             raise AssertionError("a pruned channel is paired with a column that is no carrier")
-        ratio = fold.value[carried] / fold.carrier_value[carried]
+        ratio = fold.value[carried] / fold.carrier_value[carried]  # float64, then rounded
         scales[slot, fold.contrib[carried]] = ratio  # pruned positions are distinct
-    scales[-1, fold.contrib[direct]] = fold.value[direct]
-    return torch.from_numpy(scales).to(dtype)
+    if len(carried) < len(direct):
+        scales[-1, fold.contrib[direct]] = fold.value[direct]
+    out = torch.from_numpy(scales)
+    return out if out.dtype == dtype else out.to(dtype)
 
 
 def _kept_block_and_sums(source, rows, cols, scales, out=None):
