@@ -121,10 +121,15 @@ class PropagateContext:
         return PrunedValues.exact(value).normalized()
 
 
+_NUMPY_READABLE = (torch.float16, torch.float32, torch.float64)
+
+
 def _gate_constant(mode: int, size: int, beta: torch.Tensor | None) -> PrunedValues:
     """:meth:`PropagateContext.gate_values` for a layout whose positions share one mode."""
-    if mode == BETA and beta is not None:
-        value = beta.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
+    if mode == BETA and beta is not None and beta.dtype in _NUMPY_READABLE:
+        value = np.array(beta.detach().cpu().numpy(), dtype=np.float64)  # a float64 copy
+    elif mode == BETA and beta is not None:
+        value = beta.detach().to(device="cpu", dtype=torch.float64).numpy()
     else:
         value = np.full(size, 1.0 if mode == CARRIER else 0.0)
     return PrunedValues.exact(value).normalized()

@@ -254,9 +254,9 @@ def _fold_now(source, new_bias, rows, fold, dtype):
 
 def _write_sums(new_weight, new_bias, sums, fold, into_bias: bool) -> None:
     """Folded sums into the carrier columns and (``into_bias``) the bias, in place."""
-    out_rows, kernel = new_weight.shape[0], tuple(new_weight.shape[2:])
-    for k, column in enumerate(int(c) for c in fold.carrier_columns):
-        new_weight[:, column] = sums[:, k].reshape(out_rows, *kernel)
+    kernel_shape = new_weight.shape[:1] + new_weight.shape[2:]
+    for k, column in enumerate(fold.carrier_columns.tolist()):
+        new_weight.select(1, column).copy_(sums.select(1, k).view(kernel_shape))
     if into_bias:
         new_bias.add_(sums[:, -1].sum(1))
 
