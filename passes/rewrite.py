@@ -8,6 +8,10 @@ are deep-copied, sliced ones hold new tensors.
 Pruned channels' constants (:mod:`passes.constants`) are folded into every consumer — into
 its weights on the group's carrier channel, or into its bias — so the slim model computes
 exactly what the masked original computes.
+
+Rules build each new module at once; the copying of large weights is handed to
+:meth:`RewriteContext.defer` and runs after the slim module is assembled, one layer after
+another, before :func:`rewrite` returns.
 """
 
 from __future__ import annotations
