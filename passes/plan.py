@@ -167,7 +167,10 @@ def _validate(percent, min_channels, round_to, group_score) -> None:
 def gammas(cg: ChannelGraph, module_name: str) -> np.ndarray:
     """|gamma| of a BatchNorm, as float64, checked finite."""
     weight = cg.gm.get_submodule(module_name).weight.detach()
-    weight = np.abs(weight.to(device="cpu", dtype=torch.float64).numpy())
+    if weight.dtype in (torch.float16, torch.float32, torch.float64):  # numpy reads these
+        weight = np.abs(weight.cpu().numpy(), dtype=np.float64)
+    else:
+        weight = np.abs(weight.to(device="cpu", dtype=torch.float64).numpy())
     if not np.all(np.isfinite(weight)):
         bad = int(np.count_nonzero(~np.isfinite(weight)))
         raise ValueError(f"BatchNorm {module_name} has {bad} NaN or infinite scaling factors")
