@@ -218,10 +218,10 @@ def folded_layer(weight, bias, rows, fold, dtype) -> FoldedLayer:
         return FoldedLayer(new_weight.contiguous(memory_format=memory_format), new_bias)
     n_rows = weight.shape[0] if rows is None else len(rows)
     n_cols = weight.shape[1] if fold.kept is None else len(fold.kept)
-    new_weight = torch.empty((n_rows, n_cols, *kernel), dtype=dtype)
+    new_weight = torch.empty((n_rows, n_cols, *kernel), dtype=dtype, device=weight.device)
     into_bias = bool((fold.partner < 0).any())
     if into_bias and new_bias is None:
-        new_bias = torch.zeros(n_rows, dtype=dtype)
+        new_bias = torch.zeros(n_rows, dtype=dtype, device=weight.device)
 
     def fill() -> None:
         source = weight.detach().to(dtype).contiguous()
@@ -247,7 +247,7 @@ def _fold_now(source, new_bias, rows, fold, dtype):
     new_weight, sums = _kept_block_and_sums(source, rows, fold.kept, scales)
     into_bias = bool((fold.partner < 0).any())
     if into_bias and new_bias is None:
-        new_bias = torch.zeros(new_weight.shape[0], dtype=dtype)
+        new_bias = torch.zeros(new_weight.shape[0], dtype=dtype, device=new_weight.device)
     _write_sums(new_weight, new_bias, sums, fold, into_bias)
     return new_weight, new_bias
 
