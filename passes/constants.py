@@ -30,6 +30,7 @@ import torch.fx as fx
 import slimfx.rules  # noqa: F401
 from slimfx.channel_graph import ChannelGraph
 from slimfx.layout import UNTRACKED, Layout
+from slimfx.numerics import float64_array
 from slimfx.passes.trace import fetch_attr
 from slimfx.rules.graph_io import GetAttr, Output, Placeholder, Unknown
 from slimfx.rules.registry import rule_for
@@ -112,7 +113,7 @@ class PropagateContext:
         mode[tracked] = self.modes[layout.group[tracked]]
         value = np.full(size, np.nan)
         if beta is not None:
-            b = beta.detach().to(torch.float64).cpu().numpy()
+            b = float64_array(beta)
             value[mode == BETA] = b[mode == BETA]
         else:
             value[mode == BETA] = 0.0
@@ -121,15 +122,10 @@ class PropagateContext:
         return PrunedValues.exact(value).normalized()
 
 
-_NUMPY_READABLE = (torch.float16, torch.float32, torch.float64)
-
-
 def _gate_constant(mode: int, size: int, beta: torch.Tensor | None) -> PrunedValues:
     """:meth:`PropagateContext.gate_values` for a layout whose positions share one mode."""
-    if mode == BETA and beta is not None and beta.dtype in _NUMPY_READABLE:
-        value = np.array(beta.detach().cpu().numpy(), dtype=np.float64)  # a float64 copy
-    elif mode == BETA and beta is not None:
-        value = beta.detach().to(device="cpu", dtype=torch.float64).numpy()
+    if mode == BETA and beta is not None:
+        value = float64_array(beta)
     else:
         value = np.full(size, 1.0 if mode == CARRIER else 0.0)
     return PrunedValues.exact(value).normalized()

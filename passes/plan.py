@@ -41,11 +41,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from slimfx.channel_graph import ChannelGraph, ChannelGroup
 from slimfx.errors import PlanError, UnsupportedError
 from slimfx.layout import KeepTable
+from slimfx.numerics import float64_array
 from slimfx.passes.constants import BETA, CARRIER, ZERO, propagate
 from slimfx.values import EXACT, PATTERN, UNKNOWN
 
@@ -166,11 +166,7 @@ def _validate(percent, min_channels, round_to, group_score) -> None:
 
 def gammas(cg: ChannelGraph, module_name: str) -> np.ndarray:
     """|gamma| of a BatchNorm, as float64, checked finite."""
-    weight = cg.gm.get_submodule(module_name).weight.detach()
-    if weight.dtype in (torch.float16, torch.float32, torch.float64):  # numpy reads these
-        weight = np.abs(weight.cpu().numpy(), dtype=np.float64)
-    else:
-        weight = np.abs(weight.to(device="cpu", dtype=torch.float64).numpy())
+    weight = np.abs(float64_array(cg.gm.get_submodule(module_name).weight))
     if not np.all(np.isfinite(weight)):
         bad = int(np.count_nonzero(~np.isfinite(weight)))
         raise ValueError(f"BatchNorm {module_name} has {bad} NaN or infinite scaling factors")

@@ -44,6 +44,18 @@ def eval_mode(*modules: torch.nn.Module) -> Iterator[None]:
             m.training = training
 
 
+#: Tensor dtypes numpy reads directly (others are converted by torch first).
+_NUMPY_FLOAT_DTYPES = (torch.float16, torch.float32, torch.float64)
+
+
+def float64_array(tensor: torch.Tensor) -> np.ndarray:
+    """A new float64 numpy array of ``tensor``'s values (on the CPU, detached)."""
+    tensor = tensor.detach().cpu()
+    if tensor.dtype in _NUMPY_FLOAT_DTYPES:
+        return np.array(tensor.numpy(), dtype=np.float64)
+    return tensor.to(torch.float64).numpy()
+
+
 def relative_error(got: Any, want: Any) -> float:
     """``max|got - want| / max|want|`` over all tensors or arrays of two outputs, in float64.
 
