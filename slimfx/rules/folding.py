@@ -211,23 +211,30 @@ def folded_layer(weight, bias, rows, fold, dtype) -> FoldedLayer:
     dtype = dtype or weight.dtype
     memory_format = _memory_format(weight)
     new_bias = None if bias is None else gather(bias, rows).to(dtype)
-    kernel = tuple(weight.shape[2:])
-    if not fold.active or memory_format != torch.contiguous_format or math.prod(kernel) < 2:
+    if not fold.active:
         source = weight.detach().to(dtype).contiguous()
-        new_weight, new_bias = _fold_now(source, new_bias, rows, fold, dtype)
+        new_weight = gather(source, rows, fold.kept)
         return FoldedLayer(new_weight.contiguous(memory_format=memory_format), new_bias)
     n_rows = weight.shape[0] if rows is None else len(rows)
-    n_cols = weight.shape[1] if fold.kept is None else len(fold.kept)
-    new_weight = torch.empty((n_rows, n_cols, *kernel), dtype=dtype, device=weight.device)
     into_bias = bool((fold.partner < 0).any())
     if into_bias and new_bias is None:
         new_bias = torch.zeros(n_rows, dtype=dtype, device=weight.device)
 
-    def fill() -> None:
+    def compute(out: torch.Tensor | None = None) -> torch.Tensor:
         source = weight.detach().to(dtype).contiguous()
         scales = _fold_scales(fold, source.shape[1], dtype)
-        _, sums = _kept_block_and_sums(source, rows, fold.kept, scales, out=new_weight)
+        new_weight, sums = _kept_block_and_sums(source, rows, fold.kept, scales, out=out)
         _write_sums(new_weight, new_bias, sums, fold, into_bias)
+        return new_weight
+
+    kernel = tuple(weight.shape[2:])
+    if memory_format != torch.contiguous_format or math.prod(kernel) < 2:
+        return FoldedLayer(compute().contiguous(memory_format=memory_format), new_bias)
+    n_cols = weight.shape[1] if fold.kept is None else len(fold.kept)
+    new_weight = torch.empty((n_rows, n_cols, *kernel), dtype=dtype, device=weight.device)
+
+    def fill() -> None:
+        compute(out=new_weight)
 
     return FoldedLayer(new_weight, new_bias, fill)
 
@@ -238,18 +245,6 @@ def fold_weights(weight, bias, rows, fold, dtype):
     if layer.fill is not None:
         layer.fill()
     return layer.weight, layer.bias
-
-
-def _fold_now(source, new_bias, rows, fold, dtype):
-    if not fold.active:
-        return gather(source, rows, fold.kept), new_bias
-    scales = _fold_scales(fold, source.shape[1], dtype)
-    new_weight, sums = _kept_block_and_sums(source, rows, fold.kept, scales)
-    into_bias = bool((fold.partner < 0).any())
-    if into_bias and new_bias is None:
-        new_bias = torch.zeros(new_weight.shape[0], dtype=dtype, device=new_weight.device)
-    _write_sums(new_weight, new_bias, sums, fold, into_bias)
-    return new_weight, new_bias
 
 
 def _write_sums(new_weight, new_bias, sums, fold, into_bias: bool) -> None:
