@@ -1,53 +1,16 @@
-"""Shared pieces of the benchmark scripts: imports from a plain checkout, models, file names.
+"""Shared pieces of the benchmark scripts: models, file names, timing flags.
 
-The scripts run from an installed slimfx or from a checkout with ``PYTHONPATH=.``. In a
-checkout, ``slimfx.passes`` lives in ``passes/`` (setup.cfg maps it at install time), so
-:func:`ensure_slimfx_importable` maps it the same way before slimfx is imported.
+The scripts import the installed slimfx (``pip install .`` or ``pip install -e .``) and run
+from the clone root or from anywhere else.
 """
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.util
 import re
-import sys
-from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
 MODELS = ("vgg19-cifar", "vgg16_bn")
-
-
-class _PassesFinder(importlib.abc.MetaPathFinder):
-    """Finds ``slimfx.passes`` in the checkout's ``passes/`` folder."""
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname != "slimfx.passes":
-            return None
-        folder = REPO / "passes"
-        return importlib.util.spec_from_file_location(
-            fullname, folder / "__init__.py", submodule_search_locations=[str(folder)]
-        )
-
-
-def ensure_slimfx_importable() -> str:
-    """Make ``import slimfx`` work from the checkout; say how slimfx was found."""
-    try:
-        import slimfx.passes
-
-        return "installed"
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("slimfx", "slimfx.passes"):
-            raise
-    for name in [n for n in sys.modules if n == "slimfx" or n.startswith("slimfx.")]:
-        del sys.modules[name]
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    sys.meta_path.insert(0, _PassesFinder())
-    import slimfx.passes  # noqa: F401
-
-    return f"checkout {REPO} (passes/ mapped to slimfx.passes)"
 
 
 def build(name: str, checkpoint: str | None = None, seed: int = 0):
@@ -71,7 +34,7 @@ def build(name: str, checkpoint: str | None = None, seed: int = 0):
             raise ValueError("--checkpoint is only read for vgg19-cifar")
     else:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-    from slimfx.bench import synthetic_scales
+    from slimfx.bench.latency import synthetic_scales
 
     return synthetic_scales(model, seed).eval(), example
 
@@ -100,9 +63,9 @@ def add_timing_arguments(parser) -> None:
 
 
 def measure(models, example, args):
-    """:func:`slimfx.bench.measure_latency` with the settings of :func:`add_timing_arguments`
+    """:func:`slimfx.bench.latency.measure_latency` with the settings of :func:`add_timing_arguments`
     and ``args.backends``."""
-    from slimfx.bench import measure_latency
+    from slimfx.bench.latency import measure_latency
 
     return measure_latency(
         models,

@@ -16,14 +16,11 @@ import tempfile
 from pathlib import Path
 
 import common
+import torch
 
-common.ensure_slimfx_importable()
-
-import torch  # noqa: E402
-
-import slimfx  # noqa: E402
-from slimfx.bench_backends import machine_info  # noqa: E402
-from slimfx.export import EXPORTERS, export_onnx  # noqa: E402
+import slimfx
+from slimfx.bench.backends import machine_info
+from slimfx.export.onnx import EXPORTERS, export_onnx
 
 
 def main(argv=None) -> int:

@@ -3,7 +3,7 @@
 For each model and each ``round_to``, the model is slimmed at ``--percent``; when
 torch-pruning is installed, Torch-Pruning prunes the same model to the same channels
 (``torch-pruning``) and, with ``--torch-pruning native``, by its own BNScalePruner too. All
-models are timed in alternating rounds (:func:`slimfx.bench.measure_latency`), and
+models are timed in alternating rounds (:func:`slimfx.bench.latency.measure_latency`), and
 ``<out>/latency-<model>-r<k>-<tag>.{json,md,png}`` plus a summary ``<out>/latency-<tag>.md``
 and ``.json`` are written (``tag`` names the machine: ``cpu-<host>`` or ``cuda-<gpu>``).
 
@@ -14,7 +14,7 @@ CPU (default)::
 GPU (CIFAR VGG-19 and torchvision vgg16_bn on torch-cuda and, when the onnxruntime build
 has it, ort-cuda)::
 
-    PYTHONPATH=. python benchmarks/latency.py --gpu --out benchmarks/results
+    python benchmarks/latency.py --gpu --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -26,16 +26,13 @@ import time
 from pathlib import Path
 
 import common
+import numpy as np
+import torch
+import torch_pruning_peer as peer
 
-common.ensure_slimfx_importable()
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch_pruning_peer as peer  # noqa: E402
-
-import slimfx  # noqa: E402
-from slimfx.bench_backends import BACKENDS, machine_info  # noqa: E402
-from slimfx.io import write_text  # noqa: E402
+import slimfx
+from slimfx.bench.backends import BACKENDS, machine_info
+from slimfx.files import write_text
 
 PRESETS = {
     "cpu": {

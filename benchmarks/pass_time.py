@@ -38,10 +38,10 @@ import torch_pruning_peer as peer
 import torchvision
 
 import slimfx
-from slimfx.io import write_text
+from slimfx.files import write_text
 from slimfx.models import VGG
 from slimfx.models.vgg import DEFAULT_CFG
-from slimfx.passes.constants import shared_tables
+from slimfx.passes.constant_propagation import shared_tables
 from slimfx.testing import randomize_batchnorm
 
 try:

@@ -18,11 +18,9 @@ from pathlib import Path
 
 import common
 
-common.ensure_slimfx_importable()
-
-import slimfx  # noqa: E402
-from slimfx.bench_backends import machine_info  # noqa: E402
-from slimfx.io import write_text  # noqa: E402
+import slimfx
+from slimfx.bench.backends import machine_info
+from slimfx.files import write_text
 
 
 def parse_args(argv=None) -> argparse.Namespace:

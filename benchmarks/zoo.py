@@ -31,7 +31,7 @@ import torch_pruning_peer as peer
 import torchvision
 
 import slimfx
-from slimfx.io import write_text
+from slimfx.files import write_text
 from slimfx.testing import randomize_batchnorm
 
 try:

@@ -7,7 +7,7 @@ Each pass is a function that takes the previous pass' value and returns a new on
 """
 
 from slimfx.passes.analyze import analyze
-from slimfx.passes.constants import propagate
+from slimfx.passes.constant_propagation import propagate
 from slimfx.passes.plan import GroupPlan, SlimPlan, plan
 from slimfx.passes.rewrite import rewrite
 from slimfx.passes.trace import TraceNotes, trace

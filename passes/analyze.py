@@ -31,9 +31,9 @@ import torch
 import torch.fx as fx
 
 import slimfx.rules  # noqa: F401  (registers every rule)
-from slimfx.channel_graph import ChannelGraph, ChannelGroup, Scorer, Sink
+from slimfx.ir.channel_graph import ChannelGraph, ChannelGroup, Scorer, Sink
 from slimfx.errors import UnsupportedError
-from slimfx.layout import UNTRACKED, Layout
+from slimfx.ir.layout import UNTRACKED, Layout
 from slimfx.rules.base import node_shape
 from slimfx.rules.graph_io import GetAttr, Output, Placeholder, Unknown
 from slimfx.rules.registry import rule_for

@@ -42,12 +42,12 @@ from typing import Any
 
 import numpy as np
 
-from slimfx.channel_graph import ChannelGraph, ChannelGroup
+from slimfx.ir.channel_graph import ChannelGraph, ChannelGroup
 from slimfx.errors import PlanError, UnsupportedError
-from slimfx.layout import KeepTable
+from slimfx.ir.layout import KeepTable
 from slimfx.numerics import float64_array
-from slimfx.passes.constants import BETA, CARRIER, ZERO, propagate
-from slimfx.values import EXACT, PATTERN, UNKNOWN
+from slimfx.passes.constant_propagation import BETA, CARRIER, ZERO, propagate
+from slimfx.ir.values import EXACT, PATTERN, UNKNOWN
 
 logger = logging.getLogger(__name__)
 

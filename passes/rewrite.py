@@ -5,7 +5,7 @@ module, adjusted arguments). Modules keep their qualified names (``feature.3`` s
 ``feature.3``) and their classes. Nothing is shared with the input model: unchanged modules
 are deep-copied, sliced ones hold new tensors.
 
-Pruned channels' constants (:mod:`passes.constants`) are folded into every consumer — into
+Pruned channels' constants (:mod:`passes.constant_propagation`) are folded into every consumer — into
 its weights on the group's carrier channel, or into its bias — so the slim model computes
 exactly what the masked original computes.
 
@@ -27,17 +27,17 @@ import torch.fx as fx
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 import slimfx.rules  # noqa: F401
-from slimfx.channel_graph import ChannelGraph
+from slimfx.ir.channel_graph import ChannelGraph
 from slimfx.errors import PlanError
-from slimfx.layout import Layout
-from slimfx.passes.constants import CARRIER, propagate
+from slimfx.ir.layout import Layout
+from slimfx.passes.constant_propagation import CARRIER, propagate
 from slimfx.passes.plan import SlimPlan
 from slimfx.passes.trace import fetch_attr, map_nodes, restore_containers
 from slimfx.rules.base import node_shape
 from slimfx.rules.graph_io import Output, Placeholder, Unknown
 from slimfx.rules.registry import rule_for
 from slimfx.rules.slicing import sliced_shell
-from slimfx.values import UNKNOWN
+from slimfx.ir.values import UNKNOWN
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from slimfx.channel_graph import ChannelGraph
+from slimfx.ir.channel_graph import ChannelGraph
 from slimfx.errors import EquivalenceError
 from slimfx.numerics import as_input_tuple, eval_mode, relative_error
 from slimfx.passes.plan import SlimPlan

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from slimfx.bench_timing import torch_threads
+from slimfx.bench.timing import torch_threads
 from slimfx.testing import assert_matches_oracle
 
 

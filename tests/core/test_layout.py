@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from slimfx.layout import UNTRACKED, KeepTable, Layout
+from slimfx.ir.layout import UNTRACKED, KeepTable, Layout
 
 
 def test_plain_expand_concat_slice():

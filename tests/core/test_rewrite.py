@@ -61,7 +61,7 @@ def test_float64_rewrite_converts_every_floating_tensor():
 
 
 def _count_propagations(monkeypatch) -> list:
-    constants = importlib.import_module("slimfx.passes.constants")
+    constants = importlib.import_module("slimfx.passes.constant_propagation")
     modes = []
     original = constants.PropagateContext.__init__
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from slimfx.values import EXACT, PATTERN, UNKNOWN, PrunedValues, combine_add, combine_mul
+from slimfx.ir.values import EXACT, PATTERN, UNKNOWN, PrunedValues, combine_add, combine_mul
 
 
 def pv(value, kind, pattern=None):

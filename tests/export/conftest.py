@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import slimfx
-from slimfx.bench import synthetic_scales
+from slimfx.bench.latency import synthetic_scales
 from slimfx.models import VGG
 
 #: A VGG small enough to export and time in well under a second (32x32 inputs).

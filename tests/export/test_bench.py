@@ -1,4 +1,4 @@
-"""slimfx.bench: alternating rounds, statistics, efficiency, noise flags, reports."""
+"""slimfx.bench.latency: alternating rounds, statistics, efficiency, noise flags, reports."""
 
 import json
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from slimfx import bench_backends
-from slimfx.bench import _rows, compare_latency, measure_latency
-from slimfx.bench_report import LatencyReport, Measurement, ModelInfo, TimingStats
-from slimfx.bench_timing import time_rounds
+from slimfx.bench import backends as bench_backends
+from slimfx.bench.latency import _rows, compare_latency, measure_latency
+from slimfx.bench.report import LatencyReport, Measurement, ModelInfo, TimingStats
+from slimfx.bench.timing import time_rounds
 from slimfx.tolerances import ONNX_RTOL
 
 
@@ -207,7 +207,7 @@ def _tiny_pair():
 
 
 def test_a_backend_failing_to_start_is_skipped_and_the_rest_measured(monkeypatch):
-    from slimfx import bench
+    from slimfx.bench import latency as bench
 
     real = bench.prepare_runners
 
@@ -227,7 +227,7 @@ def test_a_backend_failing_to_start_is_skipped_and_the_rest_measured(monkeypatch
 
 
 def test_an_export_failing_its_check_is_an_error(monkeypatch):
-    from slimfx import bench
+    from slimfx.bench import latency as bench
     from slimfx.errors import EquivalenceError
 
     def mismatch(*args):

@@ -1,8 +1,5 @@
-"""The helpers of benchmarks/: running from a plain checkout, Torch-Pruning as the peer."""
+"""The helpers of benchmarks/: Torch-Pruning as the peer."""
 
-import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -13,37 +10,6 @@ from slimfx.counting import count_macs
 
 REPO = Path(__file__).resolve().parents[2]
 BENCHMARKS = REPO / "benchmarks"
-
-CHECKOUT_ONLY = """
-import sys
-sys.path[:0] = [{repo!r}, {benchmarks!r}]
-sys.path.append({site!r})  # packages without their .pth hooks: slimfx is not installed
-try:
-    import slimfx
-except ModuleNotFoundError as exc:
-    print("plain import fails:", exc.name)
-import common
-print(common.ensure_slimfx_importable())
-import slimfx, slimfx.passes
-print(slimfx.passes.__file__)
-print(slimfx.slim.__module__)
-"""
-
-
-def test_scripts_run_from_a_checkout_without_installing():
-    code = CHECKOUT_ONLY.format(
-        repo=str(REPO), benchmarks=str(BENCHMARKS), site=sysconfig.get_paths()["purelib"]
-    )
-    proc = subprocess.run(
-        [sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert lines[0] == "plain import fails: slimfx.passes"
-    assert lines[1].startswith("checkout")
-    assert Path(lines[2]) == REPO / "passes" / "__init__.py"
-    assert lines[3] == "slimfx.api"
-
 
 @pytest.fixture
 def peer(monkeypatch):

@@ -8,7 +8,7 @@ import torch
 
 import slimfx
 from slimfx.cli import main
-from slimfx.export import relative_error
+from slimfx.export.onnx import relative_error
 from slimfx.models import VGG
 from slimfx.tolerances import ONNX_RTOL
 

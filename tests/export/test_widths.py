@@ -1,4 +1,4 @@
-"""slimfx.widths: round_to chosen from a measurement."""
+"""slimfx.bench.round_to: round_to chosen from a measurement."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from slimfx.errors import SlimfxError
-from slimfx.widths import auto_round_to, measure_round_to
+from slimfx.bench.round_to import auto_round_to, measure_round_to
 
 FAST = {"backend": "ort-cpu", "batch": 2, "rounds": 3, "warmup": 1}
 

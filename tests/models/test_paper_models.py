@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import slimfx
-from slimfx.bench_timing import torch_threads
+from slimfx.bench.timing import torch_threads
 from slimfx.models import VGG
 from slimfx.models.densenet import DenseNet
 from slimfx.models.densenet import default_cfg as densenet_cfg

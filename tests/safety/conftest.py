@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from slimfx.bench_timing import torch_threads
+from slimfx.bench.timing import torch_threads
 from slimfx.cli import main
 from slimfx.models import VGG, build_model
 from slimfx.testing import randomize_batchnorm

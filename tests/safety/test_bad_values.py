@@ -12,7 +12,7 @@ import torch.nn as nn
 import slimfx
 from slimfx import CheckpointError, EquivalenceError, TraceError
 from slimfx.cli import main
-from slimfx.export import export_onnx
+from slimfx.export.onnx import export_onnx
 from slimfx.models import VGG
 
 

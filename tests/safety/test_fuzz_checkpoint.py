@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from slimfx import SlimfxError
 from slimfx.models import VGG
-from slimfx.workflow import load_trained_model
+from slimfx.workflow.prune import load_trained_model
 
 #: Seconds one load may take (a healthy load of these files takes about 5 ms).
 TIME_LIMIT_S = 5.0

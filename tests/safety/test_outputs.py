@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from slimfx.cli import main
-from slimfx.io import OutputSet, atomic_path, save_torch, write_text
+from slimfx.files import OutputSet, atomic_path, save_torch, write_text
 
 PRUNE_OUTPUTS = ["channels.png", "gammas.png", "prune.json", "prune.txt", "pruned.pth"]
 
@@ -71,10 +71,10 @@ def half_written_torch_save(obj, path, *args, **kwargs):
 @pytest.mark.parametrize(
     ("target", "replacement", "status"),
     [
-        ("slimfx.workflow.plot_channels_kept", ctrl_c, 130),  # the very last step
-        ("slimfx.workflow.plot_gamma_distribution", disk_full, 2),
-        ("slimfx.io.torch.save", half_written_torch_save, 2),  # pruned.pth itself
-        ("slimfx.workflow.prune_text", ctrl_c, 130),  # before the first file
+        ("slimfx.workflow.prune.plot_channels_kept", ctrl_c, 130),  # the very last step
+        ("slimfx.workflow.prune.plot_gamma_distribution", disk_full, 2),
+        ("slimfx.files.torch.save", half_written_torch_save, 2),  # pruned.pth itself
+        ("slimfx.workflow.prune.prune_text", ctrl_c, 130),  # before the first file
     ],
 )
 def test_a_failed_prune_leaves_the_earlier_outputs_intact(
@@ -103,13 +103,13 @@ def test_a_successful_prune_replaces_the_whole_set(checkpoints, earlier):
 KILL_DRIVER = textwrap.dedent(
     """
     import os, signal, sys
-    import slimfx.workflow
+    import slimfx.workflow.prune
     from slimfx.cli import main
 
     def killed(*args, **kwargs):  # the process dies while drawing the last plot
         os.kill(os.getpid(), signal.SIGKILL)
 
-    slimfx.workflow.plot_channels_kept = killed
+    slimfx.workflow.prune.plot_channels_kept = killed
     sys.exit(main(sys.argv[1:]))
     """
 )
@@ -153,7 +153,7 @@ def test_a_failed_export_leaves_the_earlier_file_intact(
     argv, path, before = exported
     assert path.stat().st_size > 1000  # a real model was written
     capsys.readouterr()
-    monkeypatch.setattr("slimfx.export.check_onnx", ctrl_c)  # Ctrl-C while checking
+    monkeypatch.setattr("slimfx.export.onnx.check_onnx", ctrl_c)  # Ctrl-C while checking
     assert main([str(a) for a in argv]) == 130
     assert snapshot(tmp_path) == before
 
@@ -162,7 +162,7 @@ def test_a_failed_export_leaves_the_earlier_file_intact(
         raise RuntimeError("exporter crashed")
 
     monkeypatch.setattr(
-        "slimfx.export._EXPORT", {"torchscript": broken_exporter, "dynamo": broken_exporter}
+        "slimfx.export.onnx._EXPORT", {"torchscript": broken_exporter, "dynamo": broken_exporter}
     )
     capsys.readouterr()
     assert main([str(a) for a in argv]) == 2
@@ -182,12 +182,12 @@ def test_a_failed_bench_report_leaves_the_earlier_reports_intact(
     assert main(argv) == 0
     before = snapshot(tmp_path / "b")
     assert sorted(before) == ["bench.json", "bench.md", "bench.png"]
-    monkeypatch.setattr("slimfx.bench_report.LatencyReport.plot", disk_full)
+    monkeypatch.setattr("slimfx.bench.report.LatencyReport.plot", disk_full)
     assert main([*argv, "--percent", "0.7"]) == 2
     assert snapshot(tmp_path / "b") == before
 
 
-# --- slimfx.io itself -----------------------------------------------------------------------
+# --- slimfx.files itself -----------------------------------------------------------------------
 
 
 def test_atomic_writers_leave_the_old_file_on_failure(tmp_path, monkeypatch):
@@ -196,7 +196,7 @@ def test_atomic_writers_leave_the_old_file_on_failure(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt), atomic_path(target) as tmp:
         tmp.write_text("new, but interrupted")
         raise KeyboardInterrupt
-    monkeypatch.setattr("slimfx.io.torch.save", half_written_torch_save)
+    monkeypatch.setattr("slimfx.files.torch.save", half_written_torch_save)
     with pytest.raises(OSError, match="No space left"):
         save_torch({"a": 1}, target)
     assert snapshot(tmp_path) == {"f.pth": b"old"}

@@ -16,7 +16,7 @@ import torch
 
 from slimfx import CheckpointError
 from slimfx.checkpoint import load_checkpoint
-from slimfx.workflow import load_trained_model
+from slimfx.workflow.prune import load_trained_model
 
 # Every command line that reads a checkpoint; FILE is replaced by the file under test.
 COMMANDS = {

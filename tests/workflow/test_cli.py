@@ -13,7 +13,7 @@ import torch
 
 from slimfx.cli import main
 from slimfx.models import VGG
-from slimfx.train_state import BEST_NAME, CHECKPOINT_NAME
+from slimfx.train.state import BEST_NAME, CHECKPOINT_NAME
 
 
 def test_train_and_refine_from_the_command_line(tmp_path, tiny_pruned, wf):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from slimfx.train_state import BEST_NAME, CHECKPOINT_NAME
+from slimfx.train.state import BEST_NAME, CHECKPOINT_NAME
 
 # Calls what ``slimfx train`` calls; "normal" saves each rank's final weights, "hang" makes
 # rank 1 stop answering at its second step.

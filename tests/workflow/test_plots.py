@@ -7,7 +7,7 @@ import torch
 
 import slimfx
 from slimfx.models import VGG
-from slimfx.plots import plot_channels_kept, plot_gamma_distribution, plot_training_curves
+from slimfx.workflow.plots import plot_channels_kept, plot_gamma_distribution, plot_training_curves
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

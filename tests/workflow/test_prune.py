@@ -215,7 +215,7 @@ def test_round_to_and_min_channels(tmp_path, wf, monkeypatch):
         calls.append((type(model).__name__, tuple(example_inputs.shape), percent, options))
         return 4
 
-    monkeypatch.setattr("slimfx.widths.auto_round_to", fake_auto_round_to)
+    monkeypatch.setattr("slimfx.bench.round_to.auto_round_to", fake_auto_round_to)
     assert prune_cli(ckpt, tmp_path / "auto", "--round-to", "auto", "--no-plots") == 0
     assert calls == [("VGG", (2, 3, 32, 32), 0.5, {"min_channels": 1, "compensate": True})]
     cfg = torch.load(tmp_path / "auto" / "pruned.pth", weights_only=True)["cfg"]

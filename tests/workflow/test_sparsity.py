@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from slimfx.models import MODEL_BUILDERS, VGG, build_model
-from slimfx.sparsity import SparsityRegularizer, prunable_batchnorms
+from slimfx.train.sparsity import SparsityRegularizer, prunable_batchnorms
 
 
 class HeadBN(nn.Module):

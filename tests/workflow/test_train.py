@@ -16,8 +16,8 @@ import torch.nn as nn
 
 from slimfx import SlimfxError
 from slimfx.models import VGG
-from slimfx.train import NonFiniteLossError, TrainConfig, TrainingInterrupted, fit
-from slimfx.train_state import BEST_NAME, CHECKPOINT_NAME
+from slimfx.train.loop import NonFiniteLossError, TrainConfig, TrainingInterrupted, fit
+from slimfx.train.state import BEST_NAME, CHECKPOINT_NAME
 
 KEYS = {"epoch", "best_prec1", "state_dict", "optimizer", "cfg", "step", "lr_scheduler", "rng"}
 

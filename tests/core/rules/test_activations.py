@@ -123,7 +123,7 @@ class _ThreeReLUs(nn.Module):
 @pytest.mark.parametrize("mode", [0, 1, 2])  # BETA, ZERO, CARRIER
 def test_relu_in_numpy_gives_the_values_evaluating_the_op_gives(mode, monkeypatch):
     activations = importlib.import_module("slimfx.rules.activations")
-    constants = importlib.import_module("slimfx.passes.constants")
+    constants = importlib.import_module("slimfx.passes.constant_propagation")
     model = randomize_batchnorm(_ThreeReLUs(), seed=11)
     with torch.no_grad():
         model.bn1.bias.copy_(torch.tensor([-1.0, 0.0, -0.0, 0.5, 2.0, -3.0, 1e-3, float("nan")]))

@@ -1,0 +1,121 @@
+"""Convolutions and linear layers: the ops that consume channels and produce new ones.
+
+1. ``groups == 1`` convolution / linear on ``(N, F)``: a *sink* for its input channels
+   (pruned ones are folded into its weights or bias) and the *producer* of a new group;
+2. depthwise convolution (``groups == in == out``): channel-wise, its output keeps the
+   input's channels one to one;
+3. other grouped convolutions: a sink and a producer whose input and output channels come
+   in ``groups`` blocks that must each keep the same number of channels, so the slim
+   convolution keeps its group count;
+4. linear layers on inputs of rank > 2 (channel not in dim 1): the channels they touch are
+   frozen.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch.nn as nn
+
+from slimfx.ir.layout import Layout
+from slimfx.rules.base import Rule, first_input
+from slimfx.rules.folding import gather, slice_consumer, slice_grouped
+from slimfx.rules.registry import register
+from slimfx.rules.slicing import sliced_shell
+from slimfx.ir.values import EXACT, PrunedValues
+
+
+def _is_padded(conv: nn.modules.conv._ConvNd) -> bool:
+    if conv.padding_mode != "zeros":
+        return False
+    if isinstance(conv.padding, str):
+        return conv.padding == "same" and any(k > 1 for k in conv.kernel_size)
+    return any(p > 0 for p in conv.padding)
+
+
+def _is_depthwise(conv: nn.modules.conv._ConvNd) -> bool:
+    return conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+
+
+@register(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+class Conv(Rule):
+    """Convolution: sink and producer, depthwise channel-wise, grouped frozen."""
+
+    name = "conv"
+
+    def analyze(self, node, ctx):
+        conv = ctx.module(node)
+        inp = first_input(node)
+        in_layout = ctx.layout(inp)
+        if conv.groups == 1:
+            if in_layout is not None:
+                ctx.add_sink(node, inp, _is_padded(conv), conv.bias is not None)
+            return ctx.new_group(node, conv.out_channels)
+        if _is_depthwise(conv) and in_layout is not None:
+            ctx.space(node, in_layout)
+            return in_layout
+        out = ctx.new_group(node, conv.out_channels)
+        ctx.require_blocks(node, out, conv.groups)
+        if in_layout is not None:
+            ctx.require_blocks(node, in_layout, conv.groups)
+            ctx.add_sink(node, inp, _is_padded(conv), conv.bias is not None, conv.groups)
+        return out
+
+    def propagate(self, node, ctx):
+        conv = ctx.module(node)
+        if not _is_depthwise(conv):
+            return super().propagate(node, ctx)
+        values = ctx.values(first_input(node))
+        if values is None:
+            return None
+        weight = conv.weight.detach().double()
+        kernel_sum = weight.flatten(1).sum(1).numpy()
+        bias = conv.bias.detach().double().numpy() if conv.bias is not None else 0.0
+        zero = (values.kind == EXACT) & (values.value == 0)
+        if _is_padded(conv):
+            # a constant is not constant after a zero-padded depthwise filter, unless it is 0
+            value = np.where(zero, 0.0, np.nan) + bias
+            kind = np.where(zero, EXACT, 2).astype(np.int8)
+            return PrunedValues(value, kind, np.zeros(len(values), np.int64)).normalized()
+        out = values.as_unknown_unless_exact()
+        return PrunedValues(out.value * kernel_sum + bias, out.kind, out.pattern).normalized()
+
+    def rewrite(self, node, ctx):
+        conv = ctx.module(node)
+        if _is_depthwise(conv) and ctx.layout(node) is not None:
+            kept = ctx.kept(node)
+            bias = ctx.cast(gather(conv.bias, kept)) if conv.bias is not None else None
+            sizes = dict.fromkeys(("in_channels", "out_channels", "groups"), len(kept))
+            new = sliced_shell(conv, sizes, weight=ctx.cast(gather(conv.weight, kept)), bias=bias)
+            return ctx.emit(node, module=new)
+        if conv.groups != 1:
+            return ctx.emit(node, module=slice_grouped(conv, node, ctx))
+        return ctx.emit(node, module=slice_consumer(conv, node, ctx, "in_channels", "out_channels"))
+
+
+@register(nn.Linear)
+class Linear(Rule):
+    """Linear layer on ``(N, F)``: sink of its input features, producer of new ones."""
+
+    name = "linear"
+
+    def analyze(self, node, ctx):
+        inp = first_input(node)
+        in_layout = ctx.layout(inp)
+        shape = ctx.shape(inp)
+        if shape is not None and len(shape) != 2:
+            # features are the last axis, not dim 1: nothing here is a channel axis we track
+            ctx.unsupported(
+                node, [in_layout] if in_layout else [], "linear layer on a rank > 2 input"
+            )
+            out_shape = ctx.shape(node)
+            return Layout.untracked(out_shape[1]) if out_shape and len(out_shape) >= 2 else None
+        if in_layout is not None:
+            ctx.add_sink(node, inp, padded=False, has_bias=ctx.module(node).bias is not None)
+        return ctx.new_group(node, ctx.module(node).out_features)
+
+    def rewrite(self, node, ctx):
+        linear = ctx.module(node)
+        if len(ctx.shape(first_input(node)) or ()) != 2:
+            return ctx.emit(node, module=ctx.unchanged(node))
+        new = slice_consumer(linear, node, ctx, "in_features", "out_features")
+        return ctx.emit(node, module=new)

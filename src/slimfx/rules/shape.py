@@ -1,0 +1,230 @@
+"""Ops that move data between axes: flatten, view/reshape, squeeze, spatial reductions, indexing.
+
+The channel axis stays dim 1. A reshape is understood from the recorded shapes:
+
+1. ``(N, C, *S) -> (N, C, *S')``: channels unchanged (``view(N, C, -1)``, ``squeeze(-1)``);
+2. ``(N, C, *S) -> (N, C*m, *S'')`` with ``m`` the product of the leading spatial dims:
+   channel ``c`` becomes ``c*m .. c*m+m-1`` (``flatten(1)``, ``view(x.size(0), -1)``);
+3. anything else (a channel shuffle, a flatten into the batch) has no rule.
+
+Literal sizes in a reshape's arguments (``x.view(-1, 512 * 7 * 7)``) are rewritten to the
+slim sizes; sizes computed at run time (``x.size(0)``) need nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from slimfx.ir.layout import Layout
+from slimfx.rules.base import Rule, first_input, node_shape
+from slimfx.rules.registry import register
+from slimfx.ir.values import PrunedValues
+
+
+def _reshape_factor(in_shape: tuple, out_shape: tuple) -> int | None:
+    """``m`` when the reshape maps channel ``c`` to features ``c*m .. c*m+m-1``, else None."""
+    if len(in_shape) < 2 or len(out_shape) < 2 or in_shape[0] != out_shape[0]:
+        return None
+    channels, spatial = in_shape[1], in_shape[2:]
+    if out_shape[1] % channels if channels else True:
+        return None
+    m = out_shape[1] // channels
+    prefix = 1
+    for j in range(len(spatial) + 1):
+        if prefix == m and math.prod(spatial[j:]) == math.prod(out_shape[2:]):
+            return m
+        if j < len(spatial):
+            prefix *= spatial[j]
+    return None
+
+
+@register(
+    torch.flatten,
+    "flatten",
+    "view",
+    "reshape",
+    torch.reshape,
+    "squeeze",
+    "unsqueeze",
+    torch.squeeze,
+    torch.unsqueeze,
+    torch.nn.Flatten,
+    torch.nn.Unflatten,
+)
+class Reshape(Rule):
+    """Flatten/view/reshape/squeeze understood from shapes (see the module docstring)."""
+
+    name = "reshape"
+
+    def analyze(self, node, ctx):
+        inp = first_input(node)
+        layout = ctx.layout(inp)
+        in_shape, out_shape = node_shape(inp), node_shape(node)
+        if layout is None:
+            return None
+        factor = (
+            None if in_shape is None or out_shape is None else _reshape_factor(in_shape, out_shape)
+        )
+        if factor is None:
+            ctx.unsupported(node, [layout], "reshape that moves the channel axis")
+            return Layout.untracked(out_shape[1]) if out_shape and len(out_shape) >= 2 else None
+        if factor == 1:
+            ctx.space(node, layout)
+            return layout
+        return layout.expand(factor)
+
+    def propagate(self, node, ctx):
+        values = ctx.values(first_input(node))
+        layout = ctx.layout(node)
+        if values is None or layout is None:
+            return None
+        factor = len(layout) // len(values)
+        if factor == 1:
+            return values
+        return values.as_unknown_unless_exact().repeat(factor)
+
+    def rewrite(self, node, ctx):
+        if node.op == "call_module":
+            return ctx.emit(node, module=ctx.unchanged(node))
+        if node.target not in ("view", "reshape", torch.reshape):
+            return ctx.emit(node)
+        kept = ctx.kept(node)
+        if kept is None:
+            return ctx.emit(node)
+        args = list(node.args)
+        packed = len(args) == 2 and isinstance(args[1], tuple | list)
+        sizes = list(args[1]) if packed else args[1:]
+        if "shape" in node.kwargs:
+            sizes = list(node.kwargs["shape"])
+        if len(sizes) > 1 and isinstance(sizes[1], int) and sizes[1] != -1:
+            sizes[1] = len(kept)
+        kwargs = dict(node.kwargs)
+        if "shape" in kwargs:
+            kwargs["shape"] = tuple(sizes)
+            return ctx.emit(node, kwargs=kwargs)
+        new_args = [args[0], tuple(sizes)] if packed else [args[0], *sizes]
+        return ctx.emit(node, args=tuple(new_args))
+
+
+def _reduced_dims(node: fx.Node, rank: int) -> tuple[int, ...] | None:
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if dims is None:
+        return None
+    dims = dims if isinstance(dims, tuple | list) else (dims,)
+    if not all(isinstance(d, int) for d in dims):
+        return None
+    return tuple(sorted(d % rank for d in dims))
+
+
+@register(torch.mean, "mean", torch.sum, "sum", torch.amax, "amax", torch.amin, "amin")
+class SpatialReduce(Rule):
+    """A reduction over spatial dims only (``x.mean(dim=(2, 3))``, global pooling)."""
+
+    name = "spatial-reduce"
+
+    def analyze(self, node, ctx):
+        inp = first_input(node)
+        layout = ctx.layout(inp)
+        if layout is None:
+            return None
+        shape = node_shape(inp)
+        dims = _reduced_dims(node, len(shape)) if shape else None
+        if dims is None or 0 in dims or 1 in dims:
+            ctx.unsupported(node, [layout], "reduction over the batch or channel axis")
+            out = node_shape(node)
+            return Layout.untracked(out[1]) if out and len(out) >= 2 else None
+        ctx.space(node, layout)
+        return layout
+
+    def propagate(self, node, ctx):
+        values = ctx.values(first_input(node))
+        if values is None:
+            return None
+        values = values.as_unknown_unless_exact()
+        if node.target in (torch.sum, "sum"):
+            shape = node_shape(first_input(node))
+            count = math.prod(shape[d] for d in _reduced_dims(node, len(shape)))
+            return PrunedValues(values.value * count, values.kind, values.pattern)
+        return values
+
+
+@register(operator.getitem)
+class GetItem(Rule):
+    """Indexing: an element of a tuple (after ``split``), or a slice of a tensor."""
+
+    name = "getitem"
+
+    def analyze(self, node, ctx):
+        source, index = node.args[0], node.args[1]
+        packed = ctx.layouts.get(source.name) if isinstance(source, fx.Node) else None
+        if isinstance(packed, tuple):
+            return packed[index] if isinstance(index, int) else None
+        layout = ctx.layout(source)
+        if layout is None:
+            return None
+        kind = _tensor_index_kind(index)
+        if kind == "spatial":
+            ctx.space(node, layout)
+            return layout
+        if kind == "channel":
+            sl = index[1]
+            return layout.slice(*sl.indices(len(layout))[:2])
+        ctx.unsupported(node, [layout], "indexing across the channel or batch axis")
+        out = node_shape(node)
+        return Layout.untracked(out[1]) if out and len(out) >= 2 else None
+
+    def propagate(self, node, ctx):
+        source, index = node.args[0], node.args[1]
+        packed = ctx.table.get(source.name) if isinstance(source, fx.Node) else None
+        if isinstance(packed, tuple):
+            return packed[index]
+        values = ctx.values(source)
+        if values is None:
+            return None
+        kind = _tensor_index_kind(index)
+        if kind == "spatial":
+            return values.repattern(ctx.new_pattern(node, values.pattern))
+        if kind == "channel":
+            start, stop, _ = index[1].indices(len(values))
+            return values.take(np.arange(start, stop))
+        return PrunedValues.unknown(len(ctx.layout(node)))
+
+    def rewrite(self, node, ctx):
+        source, index = node.args[0], node.args[1]
+        if _tensor_index_kind(index) != "channel" or isinstance(
+            ctx.layouts.get(source.name), tuple
+        ):
+            return ctx.emit(node)
+        start, stop, _ = index[1].indices(len(ctx.layout(source)))
+        kept = ctx.kept(source)
+        new_start, new_stop = int(np.searchsorted(kept, start)), int(np.searchsorted(kept, stop))
+        new_index = (index[0], slice(new_start, new_stop), *index[2:])
+        return ctx.emit(node, args=(source, new_index))
+
+
+def _tensor_index_kind(index) -> str:
+    """'spatial' (``x[:, :, a:b]``), 'channel' (``x[:, a:b]``) or 'other'."""
+    if not isinstance(index, tuple) or len(index) < 2:
+        return "other"
+    full = slice(None, None, None)
+    if index[0] != full or any(i is None or i is Ellipsis for i in index):
+        return "other"
+    if index[1] == full:
+        rest = index[2:]
+        if all(isinstance(i, slice) and i.step in (None, 1) for i in rest):
+            return "spatial"
+        return "other"
+    sl = index[1]
+    if (
+        isinstance(sl, slice)
+        and sl.step in (None, 1)
+        and all(isinstance(b, int | type(None)) for b in (sl.start, sl.stop))
+        and all(i == full for i in index[2:])
+    ):
+        return "channel"
+    return "other"

@@ -1,0 +1,286 @@
+"""The prune step of the network-slimming workflow, as library functions.
+
+``slimfx prune`` is :func:`load_trained_model` followed by :func:`prune_model`: the model is
+rebuilt from ``--arch/--depth/--dataset`` (or from the checkpoint's ``cfg``, so a fine-tuned
+pruned model prunes again), slimmed by :func:`slimfx.slim`, tested as the masked original and
+as the slim model, and written as the reference code writes it:
+
+- ``prune.txt``: configuration, number of parameters, test accuracy (then slimfx's extras);
+- ``pruned.pth``: ``{'cfg', 'state_dict'}`` — ``vgg(cfg=cfg).load_state_dict(sd, strict=True)``;
+- ``prune.json``: the full :class:`slimfx.SlimReport`;
+- ``gammas.png`` and ``channels.png`` (see :mod:`slimfx.workflow.plots`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils.data import Dataset
+
+from slimfx.api import SlimResult, slim
+from slimfx.checkpoint import check_shapes, load_checkpoint, load_into
+from slimfx.errors import CheckpointError
+from slimfx.train.evaluation import evaluate
+from slimfx.files import OutputSet, ensure_output_dir
+from slimfx.models import MODEL_BUILDERS, build_model
+from slimfx.workflow.plots import plot_channels_kept, plot_gamma_distribution
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PruneOutcome:
+    """What :func:`prune_model` did.
+
+    Attributes
+    ----------
+    result : SlimResult
+        The slim model, its masked reference, cfg and report.
+    masked_accuracy, slim_accuracy, original_accuracy : float or None
+        Test accuracies (fractions); ``None`` when not measured.
+    round_to : int
+        The width multiple used (resolved when ``"auto"`` was asked for).
+    files : dict
+        ``"prune.txt"``, ``"pruned.pth"``, ``"prune.json"``, ``"gammas.png"``,
+        ``"channels.png"`` → where they were written.
+    """
+
+    result: SlimResult
+    masked_accuracy: float | None = None
+    slim_accuracy: float | None = None
+    original_accuracy: float | None = None
+    round_to: int = 1
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def num_parameters(self) -> int:
+        return self.result.report.params_after
+
+
+def load_trained_model(
+    path: str | os.PathLike, *, arch: str = "vgg", depth: int = 19, dataset: str = "cifar10"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the model a checkpoint was trained as and load its weights.
+
+    Reads the reference code's training checkpoints, slimfx's, ``pruned.pth`` files (the
+    model is built from their ``cfg``) and plain state dicts, with ``weights_only=True``.
+
+    Returns
+    -------
+    (model, checkpoint) : (torch.nn.Module, dict)
+
+    Raises
+    ------
+    CheckpointError
+        Unreadable or unsafe file, a cfg that builds no model or disagrees with the file's
+        weights, weights that do not fit (for example the wrong ``--depth``; the keys and
+        shapes are named), or NaN/infinite weights.
+    """
+    ckpt = load_checkpoint(path)
+    model = model_for_checkpoint(ckpt, str(path), arch=arch, depth=depth, dataset=dataset)
+    load_into(model, ckpt["state_dict"], str(path))
+    return model, ckpt
+
+
+def model_for_checkpoint(
+    ckpt: dict[str, Any], source: str, *, arch: str, depth: int, dataset: str
+) -> nn.Module:
+    """The (freshly initialised) model whose state dict ``ckpt`` holds.
+
+    Built from the checkpoint's ``cfg`` when it has one, else from ``arch``/``depth``. The
+    model is first built on the ``meta`` device, which allocates nothing, and compared with
+    the state dict key by key, so a cfg that disagrees with its weights — or asks for an
+    enormous model — is reported before any memory is spent on it.
+
+    Raises
+    ------
+    CheckpointError
+        The cfg builds no model, or the state dict does not fit the model (keys and shapes
+        named).
+    ValueError
+        Unknown ``arch``; invalid ``depth``/``dataset`` for a file without a cfg.
+    """
+    if arch not in MODEL_BUILDERS:
+        raise ValueError(f"--arch must be one of {', '.join(sorted(MODEL_BUILDERS))}, got {arch!r}")
+    cfg = ckpt.get("cfg")
+    if cfg is None:
+        with torch.device("meta"):
+            shell = build_model(arch, depth, dataset)
+        check_shapes(shell, ckpt["state_dict"], source)
+        return build_model(arch, depth, dataset)
+    if not isinstance(cfg, list):
+        raise CheckpointError(f"{source}: 'cfg' is a {type(cfg).__name__}, not a list")
+    try:
+        with torch.device("meta"):
+            shell = build_model(arch, depth, dataset, cfg=cfg)
+    except Exception as exc:  # the cfg comes from the file: whatever it breaks is its fault
+        text = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise CheckpointError(
+            f"{source}: its cfg does not build a {arch} model ({text}); wrong --arch or --depth?"
+        ) from exc
+    check_shapes(
+        shell,
+        ckpt["state_dict"],
+        source,
+        hint="the file's cfg and its state_dict disagree, or wrong --arch/--dataset",
+    )
+    return build_model(arch, depth, dataset, cfg=cfg)
+
+
+def resolve_round_to(
+    round_to: int | str, model: nn.Module, example_inputs: Any, percent: float, **slim_options
+) -> int:
+    """``round_to`` as an int; ``"auto"`` times candidates (:func:`slimfx.bench.round_to.auto_round_to`)."""
+    if round_to == "auto":
+        from slimfx.bench.round_to import auto_round_to
+
+        return int(auto_round_to(model, example_inputs, percent, **slim_options))
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise ValueError(f"--round-to must be a positive integer or 'auto', got {round_to!r}")
+    return round_to
+
+
+def bn_gammas(model: nn.Module, names: list[str]) -> dict[str, Any]:
+    """``|gamma|`` of the named BatchNorms, as numpy arrays."""
+    return {n: model.get_submodule(n).weight.detach().abs().cpu().numpy() for n in names}
+
+
+def prune_model(
+    model: nn.Module,
+    *,
+    percent: float = 0.5,
+    test_set: Dataset | None = None,
+    save_dir: str | os.PathLike | None = None,
+    compensate: bool = True,
+    min_channels: int = 1,
+    round_to: int | str = 1,
+    test_batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    example_inputs: Any = None,
+    test_original: bool = False,
+    plots: bool = True,
+) -> PruneOutcome:
+    """Slim a trained model, test it, and write the reference code's files.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The sparsity-trained model (not modified).
+    percent : float
+        Fraction of prunable channels to remove (``--percent``).
+    test_set : Dataset, optional
+        Tests the masked and the slim model (and the original if ``test_original``).
+    save_dir : path, optional
+        Where ``prune.txt``, ``pruned.pth``, ``prune.json`` and the plots go.
+    compensate, min_channels
+        As in :func:`slimfx.slim`.
+    round_to : int or "auto"
+        Width multiple; ``"auto"`` measures the fastest (:func:`resolve_round_to`).
+    example_inputs : tensor, optional
+        Defaults to two images of ``test_set`` (or random 3x32x32 inputs).
+
+    Returns
+    -------
+    PruneOutcome
+    """
+    model = model.cpu().eval()
+    if example_inputs is None:
+        example_inputs = (
+            torch.stack([test_set[i][0] for i in range(min(2, len(test_set)))])
+            if test_set is not None and len(test_set)
+            else torch.randn(2, 3, 32, 32)
+        )
+    options = {"min_channels": min_channels, "compensate": compensate}
+    round_to = resolve_round_to(round_to, model, example_inputs, percent, **options)
+    result = slim(model, example_inputs, percent, round_to=round_to, **options)
+    outcome = PruneOutcome(result=result, round_to=round_to)
+    if test_set is not None:
+        outcome.masked_accuracy = _test(result.reference, test_set, test_batch_size, device)
+        outcome.slim_accuracy = _test(result.module, test_set, test_batch_size, device)
+        if test_original:
+            outcome.original_accuracy = _test(model, test_set, test_batch_size, device)
+    if save_dir is not None:
+        outcome.files = write_prune_files(outcome, model, ensure_output_dir(save_dir), plots)
+    return outcome
+
+
+def _test(module: nn.Module, data: Dataset, batch_size: int, device) -> float:
+    device = torch.device(device)
+    try:
+        return evaluate(module.to(device), data, batch_size=batch_size, device=device)
+    finally:
+        module.cpu()
+
+
+def prune_text(outcome: PruneOutcome) -> str:
+    """``prune.txt``: the reference code's three entries, then slimfx's details."""
+    res, report = outcome.result, outcome.result.report
+
+    def acc(value: float | None) -> str:
+        return "not measured" if value is None else f"{value:.4f}"
+
+    threshold = report.to_dict()["threshold"]
+    lines = [
+        "Configuration: ",
+        str(res.cfg),
+        f"Number of parameters: {report.params_after}",
+        f"Test accuracy: {acc(outcome.masked_accuracy)}",
+        f"Test accuracy of the slim model: {acc(outcome.slim_accuracy)}",
+        f"Pruned ratio: {report.ratio:.4f} ({report.pruned_channels} of "
+        f"{report.total_channels} channels; threshold |gamma| <= {threshold})",
+        f"Compensation: {'on' if res.plan.compensate else 'off'} "
+        f"(carrier channels: {report.carriers})",
+        f"Parameters: {report.params_before} -> {report.params_after}",
+        f"MACs: {report.macs_before} -> {report.macs_after}",
+        f"round_to: {outcome.round_to}, min_channels: {res.plan.min_channels}",
+    ]
+    if outcome.original_accuracy is not None:
+        lines.append(f"Test accuracy of the original model: {acc(outcome.original_accuracy)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_prune_files(
+    outcome: PruneOutcome, model: nn.Module, folder: Path, plots: bool = True
+) -> dict[str, Path]:
+    """Write ``prune.txt``, ``pruned.pth``, ``prune.json`` and the plots into ``folder``.
+
+    The files are one set (:class:`slimfx.files.OutputSet`): they replace an earlier run's
+    only once every one of them was written, so a run that fails or is interrupted —
+    even while drawing the last plot — leaves the earlier files byte for byte as they were.
+    With ``plots=False`` an earlier run's plots are removed, since they would describe
+    another pruning.
+    """
+    res = outcome.result
+    files = {name: folder / name for name in ("prune.txt", "pruned.pth", "prune.json")}
+    plot_files = {name: folder / name for name in ("gammas.png", "channels.png")}
+    state = {k: v.detach().cpu().clone() for k, v in res.module.state_dict().items()}
+    summary = {
+        "report": res.report.to_dict(),
+        "masked_accuracy": outcome.masked_accuracy,
+        "slim_accuracy": outcome.slim_accuracy,
+        "original_accuracy": outcome.original_accuracy,
+        "round_to": outcome.round_to,
+        "kept": res.kept,
+    }
+    with OutputSet(stale=plot_files.values()) as out:
+        out.write_text(files["prune.txt"], prune_text(outcome))
+        out.save_torch({"cfg": res.cfg, "state_dict": state}, files["pruned.pth"])
+        out.write_text(files["prune.json"], json.dumps(summary, indent=1) + "\n")
+        if plots:
+            threshold = res.report.threshold
+            plot_gamma_distribution(
+                bn_gammas(model, list(res.kept)),
+                None if threshold != threshold else threshold,
+                out.path(plot_files["gammas.png"], suffix=".tmp.png"),
+            )
+            plot_channels_kept(res.report, out.path(plot_files["channels.png"], suffix=".tmp.png"))
+            files.update(plot_files)
+    logger.info("wrote %s", ", ".join(str(p) for p in files.values()))
+    return files
