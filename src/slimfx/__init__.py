@@ -20,6 +20,7 @@ from slimfx.errors import (
     UnsupportedError,
 )
 from slimfx.export.onnx import export_onnx
+from slimfx.ir.options import Mode, SlimOptions
 from slimfx.passes.analyze import analyze
 from slimfx.passes.plan import GroupPlan, SlimPlan, plan
 from slimfx.passes.rewrite import rewrite
@@ -35,8 +36,10 @@ __all__ = [
     "CheckpointError",
     "EquivalenceError",
     "GroupPlan",
+    "Mode",
     "PlanError",
     "SlimPlan",
+    "SlimOptions",
     "SlimReport",
     "SlimResult",
     "SlimfxError",

@@ -13,6 +13,7 @@ import torch.fx as fx
 
 from slimfx.cfg import slim_cfg
 from slimfx.ir.channel_graph import ChannelGraph
+from slimfx.ir.options import SlimOptions
 from slimfx.counting import count_macs, count_params
 from slimfx.errors import EquivalenceError
 from slimfx.passes.analyze import analyze
@@ -134,14 +135,10 @@ class SlimResult:
 def slim(
     model: torch.nn.Module,
     example_inputs: Any,
-    percent: float = 0.5,
+    percent: float | None = None,
     *,
-    min_channels: int = 1,
-    round_to: int = 1,
-    compensate: bool = True,
-    verify: bool = True,
-    group_score: str = "mean",
-    strict: bool = False,
+    options: SlimOptions | None = None,
+    **settings: Any,
 ) -> SlimResult:
     """Prune a model's channels by their BatchNorm scaling factors (network slimming).
 
@@ -151,23 +148,14 @@ def slim(
         A CNN with BatchNorm layers; it is not modified.
     example_inputs : tensor or tuple of tensors
         Inputs of the shape the model is used with.
-    percent : float
-        Fraction of prunable channels to remove, in ``[0, 1)``.
-    min_channels : int
-        No layer keeps fewer channels.
-    round_to : int
-        Widths in the slim model are rounded up to a multiple of this.
-    compensate : bool
-        Fold pruned channels' constant outputs (BatchNorm ``beta`` through the activation)
-        into the next layers, so the slim model equals the original with pruned gammas
-        zeroed. ``False`` reproduces the reference code (gammas and betas zeroed).
-    verify : bool
-        Check the slim model against :attr:`SlimResult.reference` in float64 on random
-        inputs; raise :class:`EquivalenceError` beyond a relative error of 1e-9.
-    group_score : {"mean", "sum", "max"}
-        How the |gamma| of several BatchNorms tied to one channel (residual adds) combine.
-    strict : bool
-        Raise on ops without a rule instead of freezing the channels they touch.
+    percent : float, optional
+        Fraction of prunable channels to remove, in ``[0, 1)`` (overrides
+        ``options.percent``; 0.5 when neither is given).
+    options : SlimOptions, optional
+        Every setting of the slimming (see :class:`slimfx.SlimOptions`).
+    **settings
+        Single settings of :class:`SlimOptions` by name (``min_channels``, ``round_to``,
+        ``compensate``, ``verify``, ``group_score``, ``strict``), overriding ``options``.
 
     Returns
     -------
@@ -192,18 +180,22 @@ def slim(
     >>> res.report.ratio
     0.5
     """
+    if percent is not None:
+        settings["percent"] = percent
+    options = SlimOptions.of(options, **settings)
+    verify = options.verify
     gm = trace(model, example_inputs, lazy_code=True)  # only analysed: no code needed
     if verify:  # NaN compares unequal to everything: name the tensors before verifying
         check_finite_weights(model)
-    cg = analyze(gm, strict=strict)
+    cg = analyze(gm, strict=options.strict)
     with shared_tables(cg):  # the plan and the rewrite propagate the same constants
         slim_plan = plan(
             cg,
-            percent,
-            min_channels=min_channels,
-            round_to=round_to,
-            compensate=compensate,
-            group_score=group_score,
+            options.percent,
+            min_channels=options.min_channels,
+            round_to=options.round_to,
+            compensate=options.compensate,
+            group_score=options.group_score,
         )
         module = rewrite(cg, slim_plan)
     result = SlimResult(

@@ -1,0 +1,129 @@
+"""The settings of one slimming: :class:`SlimOptions`, and the pruning :class:`Mode`.
+
+One value carries every setting from the command line or the API down to the plan, so
+``slim``, ``plan``, ``prune_model``, ``measure_round_to`` and the CLI take the same object
+instead of the same list of keyword arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+GROUP_SCORES = ("mean", "sum", "max")
+
+
+class Mode(str, enum.Enum):
+    """What a pruned channel's BatchNorm outputs, for the plan and the constant propagation.
+
+    ``COMPENSATE``
+        gamma zeroed, beta kept: the channel carries ``beta``, which is folded into the
+        consumers (the default);
+    ``ZERO``
+        gamma and beta zeroed: the channel carries 0 (the reference code's masking);
+    ``CARRIER``
+        gamma 0 and beta 1: the channel carries 1 — the value of a carrier channel, which
+        is never a group's mode in a plan, only a propagation of its own.
+
+    The values are the strings a plan's JSON holds.
+    """
+
+    COMPENSATE = "compensate"
+    ZERO = "zero"
+    CARRIER = "carrier"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class SlimOptions:
+    """How to slim a model.
+
+    Attributes
+    ----------
+    percent : float
+        Fraction of prunable channels to remove, in ``[0, 1)``.
+    min_channels : int
+        No layer keeps fewer channels (or all it has, if fewer).
+    round_to : int
+        Structural widths are rounded up to a multiple of this.
+    compensate : bool
+        Fold pruned channels' constant outputs (BatchNorm ``beta`` through the activation)
+        into the next layers, so the slim model equals the original with pruned gammas
+        zeroed. ``False`` reproduces the reference code (gammas and betas zeroed).
+    group_score : {"mean", "sum", "max"}
+        How the |gamma| of several BatchNorms tied to one channel (residual adds) combine.
+    strict : bool
+        Raise on ops without a rule instead of freezing the channels they touch.
+    verify : bool
+        Check the slim model against its masked original in float64 (used by
+        :func:`slimfx.slim`; the passes ignore it).
+
+    Raises
+    ------
+    ValueError
+        On construction, for any setting out of range (named in the message).
+
+    Examples
+    --------
+    >>> SlimOptions(percent=0.3, round_to=8).replace(compensate=False).compensate
+    False
+    """
+
+    percent: float = 0.5
+    min_channels: int = 1
+    round_to: int = 1
+    compensate: bool = True
+    group_score: str = "mean"
+    strict: bool = False
+    verify: bool = True
+
+    def __post_init__(self) -> None:
+        percent = self.percent
+        if isinstance(percent, bool) or not isinstance(percent, int | float | np.floating):
+            raise ValueError(f"percent must be a number in [0, 1), got {percent!r}")
+        if math.isnan(percent) or not 0 <= percent < 1:
+            raise ValueError(f"percent must be in [0, 1), got {percent!r}")
+        for name in ("min_channels", "round_to"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.group_score not in GROUP_SCORES:
+            raise ValueError(
+                f"group_score must be one of {GROUP_SCORES}, got {self.group_score!r}"
+            )
+        object.__setattr__(self, "percent", float(percent))
+        object.__setattr__(self, "min_channels", int(self.min_channels))
+        object.__setattr__(self, "round_to", int(self.round_to))
+        object.__setattr__(self, "compensate", bool(self.compensate))
+        object.__setattr__(self, "strict", bool(self.strict))
+        object.__setattr__(self, "verify", bool(self.verify))
+
+    def replace(self, **changes: Any) -> SlimOptions:
+        """A copy with some settings changed (validated like a new one)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def of(cls, options: SlimOptions | float | None = None, **changes: Any) -> SlimOptions:
+        """Options from a :class:`SlimOptions`, a bare ``percent`` or ``None`` (defaults).
+
+        ``changes`` override single settings; an unknown name raises ``TypeError`` as an
+        unknown keyword argument does.
+        """
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise TypeError(f"unknown slimming option(s): {', '.join(unknown)}")
+        if options is None:
+            return cls(**changes)
+        if isinstance(options, SlimOptions):
+            return options.replace(**changes) if changes else options
+        return cls(percent=options, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
