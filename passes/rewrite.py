@@ -1,116 +1,64 @@
-"""Pass 4 — rewrite: build the slim GraphModule from a channel graph and a plan.
+"""Pass 5 — rewrite: build the slim GraphModule from a channel graph and a plan.
 
 Copies the graph node by node; each node's rule emits its slim counterpart (a sliced
 module, adjusted arguments). Modules keep their qualified names (``feature.3`` stays
 ``feature.3``) and their classes. Nothing is shared with the input model: unchanged modules
 are deep-copied, sliced ones hold new tensors.
 
-Pruned channels' constants (:mod:`passes.constant_propagation`) are folded into every consumer — into
-its weights on the group's carrier channel, or into its bias — so the slim model computes
-exactly what the masked original computes.
-
-Rules build each new module at once; the copying of large weights is handed to
-:meth:`RewriteContext.defer` and runs after the slim module is assembled, one layer after
-another, before :func:`rewrite` returns.
+Pruned channels' constants (:mod:`passes.constant_propagation`) are folded into every
+consumer — into its weights on the group's carrier channel, or into its bias — so the slim
+model computes exactly what the masked original computes.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.fx as fx
-from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
-import slimfx.rules  # noqa: F401
-from slimfx.ir.channel_graph import ChannelGraph
 from slimfx.errors import PlanError
+from slimfx.ir.channel_graph import ChannelGraph
+from slimfx.ir.constant_tables import ConstantTables
+from slimfx.ir.contexts import SinkFold
 from slimfx.ir.layout import Layout
-from slimfx.passes.constant_propagation import CARRIER, propagate
-from slimfx.passes.plan import SlimPlan
-from slimfx.passes.trace import fetch_attr, map_nodes, restore_containers
-from slimfx.rules.base import node_shape
-from slimfx.rules.graph_io import Output, Placeholder, Unknown
-from slimfx.rules.registry import rule_for
-from slimfx.rules.slicing import sliced_shell
-from slimfx.ir.values import UNKNOWN
+from slimfx.ir.options import Mode
+from slimfx.ir.plan import SlimPlan
+from slimfx.ir.values import UNKNOWN, PrunedValues
+from slimfx.passes.constant_propagation import propagate_constants
+from slimfx.passes.shapes import tensor_metadata
+from slimfx.passes.trace import restore_containers
+from slimfx.passes.walk import GraphReader, fetch_attr, walk
+from slimfx.rules.base import Rule
 
 
-@dataclass
-class SinkFold:
-    """How a consumer's input axis is sliced and what is folded into it.
+class RewriteContext(GraphReader):
+    """What rules see and do while the slim graph is built
+    (:class:`slimfx.ir.contexts.RewriteContext`)."""
 
-    Attributes
-    ----------
-    kept : numpy.ndarray
-        Input positions that stay (kept channels and carriers), ascending.
-    contrib : numpy.ndarray
-        Positions of pruned channels whose constant is not zero.
-    value : numpy.ndarray
-        Their constants.
-    partner : numpy.ndarray
-        For each, the column (index into ``kept``) of its group's carrier, or -1 to fold
-        into the bias.
-    carrier_value : numpy.ndarray
-        The carrier's value at that column (1 through the ops after its BatchNorm).
-    carrier_columns : numpy.ndarray
-        Every column (index into ``kept``) that holds a carrier; its weights are replaced by
-        the folded sums, zero when nothing is folded into it here.
-    """
-
-    kept: np.ndarray
-    contrib: np.ndarray
-    value: np.ndarray
-    partner: np.ndarray
-    carrier_value: np.ndarray
-    carrier_columns: np.ndarray
-
-    @property
-    def active(self) -> bool:
-        return len(self.contrib) > 0 or len(self.carrier_columns) > 0
-
-
-class RewriteContext:
-    """What rules see and do while the slim graph is built."""
-
-    def __init__(self, cg: ChannelGraph, plan: SlimPlan, dtype: torch.dtype | None):
+    def __init__(
+        self,
+        cg: ChannelGraph,
+        plan: SlimPlan,
+        constants: ConstantTables,
+        dtype: torch.dtype | None,
+    ):
+        super().__init__(cg.gm, cg.layouts)
         self.cg = cg
-        self.gm = cg.gm
-        self.submodules = dict(cg.gm.named_modules())
-        self.layouts = cg.layouts
         self.dtype = dtype
         self.keep = plan.keep_table(cg)
         self.keep_original = plan.keep_table(cg, carriers=False)
         self.carrier = plan.carrier_table(cg)
-        by_name = {g.name: g.id for g in cg.groups}
-        self.carrier_index = {
-            by_name[name]: gp.carrier for name, gp in plan.groups.items() if gp.carrier is not None
-        }
-        self.values = _pruned_values(cg, plan, by_name)
-        self.carrier_values = propagate(cg, CARRIER) if self.carrier_index else {}
+        self.group_modes = plan.modes(cg)
+        self.constants = constants
         self.graph = fx.Graph()
-        self.env: dict[fx.Node, fx.Node] = {}
-        self.modules: dict[str, torch.nn.Module] = {}
+        self.env: dict[str, fx.Node] = {}
+        self.new_modules: dict[str, torch.nn.Module] = {}
         self.attrs: dict[str, torch.Tensor] = {}
-        self.deferred: list[Callable[[], None]] = []
 
     # -- reading ---------------------------------------------------------------------
-    def module(self, node: fx.Node) -> torch.nn.Module:
-        return self.submodules[str(node.target)]
-
-    def layout(self, node: Any) -> Layout | None:
-        return self.cg.layout(node) if isinstance(node, fx.Node) else None
-
-    def shape(self, node: Any) -> tuple[int, ...] | None:
-        return node_shape(node)
-
-    def layout_any(self, node: fx.Node):
-        return self.layouts.get(node.name)
-
     def kept(self, node: Any) -> np.ndarray | None:
         """Positions of ``node``'s output channel axis that stay (carriers included)."""
         layout = self.layout(node)
@@ -126,14 +74,6 @@ class RewriteContext:
             return np.zeros(0, dtype=bool)
         return self.carrier.mask(layout)[self.keep.positions(layout)]
 
-    def defer(self, work: Callable[[], None]) -> None:
-        """Run ``work`` (tensor copies) once every node is rewritten, before returning.
-
-        The slicing of large layers streams their weights through the caches; done at the
-        end, one after another, it neither evicts nor waits for the per-node work.
-        """
-        self.deferred.append(work)
-
     def cast(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.dtype is None or not tensor.is_floating_point():
             return tensor
@@ -141,10 +81,7 @@ class RewriteContext:
 
     def unchanged(self, node: fx.Node) -> torch.nn.Module:
         """An independent copy of the node's module (in the target dtype)."""
-        module = self.module(node)
-        if not module._parameters and not module._buffers and not module._modules:
-            return sliced_shell(module)  # stateless: a shallow copy is independent
-        module = copy.deepcopy(module)
+        module = copy.deepcopy(self.module(node))
         return module if self.dtype is None else module.to(self.dtype)
 
     def sink_fold(self, node: fx.Node, inp: fx.Node) -> SinkFold:
@@ -153,11 +90,9 @@ class RewriteContext:
         if layout is None:
             empty = np.zeros(0, dtype=np.int64)
             return SinkFold(None, empty, np.zeros(0), empty, np.zeros(0), empty)
-        structural = self.keep.mask(layout)
-        original = self.keep_original.mask(layout)
-        kept = np.flatnonzero(structural)
-        values = self.values[inp.name]
-        dropped = np.flatnonzero(~original)
+        kept = self.keep.positions(layout)
+        values = self.constants.values_at(inp.name, layout, self.group_modes)
+        dropped = np.flatnonzero(~self.keep_original.mask(layout))
         if np.any(values.kind[dropped] == UNKNOWN):
             bad = dropped[values.kind[dropped] == UNKNOWN][0]
             raise PlanError(
@@ -165,25 +100,21 @@ class RewriteContext:
                 f"{node.format_node()}; the plan does not fit this channel graph"
             )
         contrib = dropped[values.value[dropped] != 0]
-        partner = np.full(len(contrib), -1, dtype=np.int64)
-        carrier_value = np.zeros(len(contrib))
-        if self.carrier_index and len(contrib):
-            self._pair_with_carriers(layout, kept, inp, contrib, partner, carrier_value)
+        partner, carrier_value = self._carrier_partners(layout, kept, inp, contrib)
         carrier_columns = np.flatnonzero(self.carrier.mask(layout)[kept])
         return SinkFold(
             kept, contrib, values.value[contrib], partner, carrier_value, carrier_columns
         )
 
-    def _pair_with_carriers(self, layout, kept, inp, contrib, partner, carrier_value) -> None:
-        """Fill ``partner``/``carrier_value``: the ``j``-th appearance of a pruned channel
-        pairs with the ``j``-th appearance of its group's carrier (flatten repeats them)."""
+    def _carrier_partners(self, layout, kept, inp, contrib) -> tuple[np.ndarray, np.ndarray]:
+        """For each pruned position in ``contrib``: the column of its carrier (-1: fold into
+        the bias) and the carrier's value there. The ``j``-th appearance of a pruned channel
+        pairs with the ``j``-th appearance of its group's carrier (a flatten repeats both)."""
+        partner = np.full(len(contrib), -1, dtype=np.int64)
+        carrier_value = np.zeros(len(contrib))
         carriers = np.flatnonzero(self.carrier.mask(layout))
-        if not len(carriers):
-            return  # no carrier in this consumer's input: everything folds into the bias
-        if layout.plain_group() is not None:  # one group, each channel once: one carrier
-            partner[:] = np.searchsorted(kept, carriers[0])
-            carrier_value[:] = self.carrier_values[inp.name].value[carriers[0]]
-            return
+        if not len(carriers) or not len(contrib):
+            return partner, carrier_value  # everything folds into the bias
         occurrence = layout.occurrence()
         stride = int(occurrence.max()) + 1
         key = layout.group * stride + occurrence
@@ -194,7 +125,9 @@ class RewriteContext:
         found = sorted_keys[at] == wanted
         slots = carriers[order[at[found]]]
         partner[found] = np.searchsorted(kept, slots)
-        carrier_value[found] = self.carrier_values[inp.name].value[slots]
+        carrier_values: PrunedValues = self.constants.table(Mode.CARRIER)[inp.name]
+        carrier_value[found] = carrier_values.value[slots]
+        return partner, carrier_value
 
     # -- writing ---------------------------------------------------------------------
     def emit(
@@ -204,32 +137,34 @@ class RewriteContext:
         module: torch.nn.Module | None = None,
         args: tuple | None = None,
         kwargs: dict | None = None,
-        mapped: set | None = None,
     ) -> fx.Node:
-        """Copy ``node`` into the slim graph (with a new module, args or kwargs)."""
+        """Copy ``node`` into the slim graph (with a new module, args or kwargs).
+
+        ``args`` and ``kwargs`` may hold nodes of the traced graph and nodes already in
+        the slim graph (a sliced attribute).
+        """
         if node.op == "call_module":
             target = str(node.target)
-            if target in self.modules:
-                pass  # a module called more than once; analysis froze its channels
-            else:
-                self.modules[target] = module if module is not None else self.unchanged(node)
-        env = self.env if not mapped else _Passing(self.env, mapped)
-        new_args = map_nodes(node.args if args is None else args, env)
-        new_kwargs = map_nodes(node.kwargs if kwargs is None else kwargs, env)
-        new = self.graph.create_node(
-            node.op, node.target, new_args, new_kwargs, name=node.name, type_expr=node.type
+            if target not in self.new_modules:  # else called again; analysis froze it
+                self.new_modules[target] = module if module is not None else self.unchanged(node)
+        return self.graph.create_node(
+            node.op,
+            node.target,
+            self._in_slim_graph(node.args if args is None else args),
+            self._in_slim_graph(node.kwargs if kwargs is None else kwargs),
+            name=node.name,
+            type_expr=node.type,
         )
-        return new
 
     def emit_function(self, node: fx.Node, fn, args: tuple, kwargs: dict) -> fx.Node:
         """Emit ``fn(*args, **kwargs)`` in place of ``node``."""
-        new_args = map_nodes(args, self.env)
-        new_kwargs = map_nodes(kwargs, self.env)
-        return self.graph.create_node("call_function", fn, new_args, new_kwargs, name=node.name)
-
-    def emit_attr(self, node: fx.Node) -> fx.Node:
-        """Copy a ``get_attr`` node; its value is cloned when the slim module is built."""
-        return self.emit(node)
+        return self.graph.create_node(
+            "call_function",
+            fn,
+            self._in_slim_graph(args),
+            self._in_slim_graph(kwargs),
+            name=node.name,
+        )
 
     def sliced_attr(self, attr_node: fx.Node, dim: int, positions: np.ndarray) -> fx.Node:
         """A ``get_attr`` node holding ``positions`` of the attribute along ``dim``.
@@ -239,7 +174,7 @@ class RewriteContext:
         target = str(attr_node.target)
         value = fetch_attr(self.gm, target)
         index = torch.as_tensor(positions, dtype=torch.long)
-        sliced = self._clone_tensor(value).detach().index_select(dim, index)
+        sliced = self.cast(value.detach().index_select(dim, index))
         if isinstance(value, torch.nn.Parameter):
             sliced = torch.nn.Parameter(sliced, requires_grad=value.requires_grad)
         name = target
@@ -251,41 +186,24 @@ class RewriteContext:
         self.attrs[name] = sliced
         return self.graph.get_attr(name)
 
-    def _clone_tensor(self, value: torch.Tensor) -> torch.Tensor:
+    def copied_tensor(self, value: torch.Tensor) -> torch.Tensor:
+        """A copy of a traced attribute for the slim module (in the target dtype)."""
         cloned = self.cast(value.detach().clone())
         if isinstance(value, torch.nn.Parameter):
             return torch.nn.Parameter(cloned, requires_grad=value.requires_grad)
         return cloned
 
-
-def _pruned_values(cg: ChannelGraph, plan: SlimPlan, group_ids: dict[str, int]) -> dict:
-    """The propagation table the folds read: each planned group in its own mode.
-
-    Coupled operands share a group, so a position's value depends on its own group's mode
-    only, and the folds read positions of planned groups only: when every planned group has
-    the same mode, the table with that mode everywhere (which the plan propagated already)
-    holds the same values.
-    """
-    modes = plan.modes(cg)
-    used = {int(modes[group_ids[name]]) for name in plan.groups}
-    if len(used) == 1:
-        return propagate(cg, used.pop())
-    return propagate(cg, modes)
-
-
-class _Passing(dict):
-    """``env`` that maps the nodes of ``mapped`` (already in the slim graph) to themselves."""
-
-    def __init__(self, env: dict, mapped: set):
-        super().__init__()
-        self.env, self.mapped = env, mapped
-
-    def __missing__(self, node: fx.Node) -> fx.Node:
-        return node if node in self.mapped else self.env[node]
+    def _in_slim_graph(self, value: Any) -> Any:
+        """``value`` with every traced node replaced by its slim counterpart."""
+        return fx.node.map_arg(value, lambda n: n if n.graph is self.graph else self.env[n.name])
 
 
 def rewrite(
-    cg: ChannelGraph, plan: SlimPlan, *, dtype: torch.dtype | None = None
+    cg: ChannelGraph,
+    plan: SlimPlan,
+    *,
+    constants: ConstantTables | None = None,
+    dtype: torch.dtype | None = None,
 ) -> fx.GraphModule:
     """Build the slim model.
 
@@ -295,6 +213,9 @@ def rewrite(
         From :func:`slimfx.passes.analyze`.
     plan : SlimPlan
         From :func:`slimfx.passes.plan` (or loaded from JSON).
+    constants : ConstantTables, optional
+        From :func:`slimfx.passes.propagate_constants` on ``cg`` — the value the plan read
+        (propagated here when not given).
     dtype : torch.dtype, optional
         Convert floating-point parameters and buffers (``torch.float64`` for verification).
 
@@ -304,48 +225,38 @@ def rewrite(
         A new module; ``cg.gm`` and the model behind it are not modified. Its nodes carry
         shapes (``meta["tensor_meta"]``) for the example input shapes of the trace.
     """
-    ctx = RewriteContext(cg, plan, dtype)
-    special = {"placeholder": Placeholder(), "output": Output()}
-    unknown = Unknown()
+    if constants is None:
+        constants = propagate_constants(cg)
+    ctx = RewriteContext(cg, plan, constants, dtype)
+
+    def step(node: fx.Node, rule: Rule) -> fx.Node:
+        return rule.rewrite(node, ctx)
+
     with torch.no_grad():
-        for node in cg.gm.graph.nodes:
-            if node.op == "get_attr":
-                ctx.env[node] = ctx.emit_attr(node)
-                continue
-            if node.op in special:
-                rule = special[node.op]
-            elif "tensor_meta" not in node.meta:
-                ctx.env[node] = ctx.emit(node)
-                continue
-            else:
-                rule = rule_for(node, cg.gm, ctx.submodules) or unknown
-            ctx.env[node] = rule.rewrite(node, ctx)
+        walk(cg.gm, ctx.modules, step, into=ctx.env)
     for node in list(ctx.graph.nodes):
         if node.op == "get_attr" and not node.users:
             ctx.graph.erase_node(node)
     used = {str(n.target) for n in ctx.graph.nodes if n.op in ("call_module", "get_attr")}
-    order = [name for name, _ in cg.gm.named_modules()]
     root: dict[str, Any] = {}
-    for name in order:
-        if name in ctx.modules and name in used:
-            root[name] = ctx.modules[name]
-    for name, value in {**ctx.modules, **ctx.attrs}.items():
+    for name, _ in cg.gm.named_modules():  # the traced model's module order
+        if name in ctx.new_modules and name in used:
+            root[name] = ctx.new_modules[name]
+    for name, value in {**ctx.new_modules, **ctx.attrs}.items():
         if name in used and name not in root:
             root[name] = value
-    for name in sorted(used - set(root)):
-        original = fetch_attr(cg.gm, name)
-        if isinstance(original, torch.Tensor):
-            root[name] = ctx._clone_tensor(original)
-        else:
-            root[name] = copy.deepcopy(original)
+    with torch.no_grad():
+        for name in sorted(used - set(root)):
+            original = fetch_attr(cg.gm, name)
+            if isinstance(original, torch.Tensor):
+                root[name] = ctx.copied_tensor(original)
+            else:
+                root[name] = copy.deepcopy(original)
     slim = fx.GraphModule(root, ctx.graph, class_name=f"Slim{type(cg.gm).__name__}")
     restore_containers(slim, cg.gm)
     slim.graph.lint()
     slim.training = cg.gm.training
     _record_shapes(ctx)
-    with torch.no_grad():
-        for work in ctx.deferred:
-            work()
     return slim
 
 
@@ -356,7 +267,8 @@ def _record_shapes(ctx: RewriteContext) -> None:
     tensor without a layout, keeps its size: an op whose output size depends on channels in
     another way froze those channels in the analysis.
     """
-    for node, new in ctx.env.items():
+    for node in ctx.gm.graph.nodes:
+        new = ctx.env[node.name]
         meta = node.meta.get("tensor_meta")
         if meta is None:
             continue
@@ -371,7 +283,7 @@ def _record_shapes(ctx: RewriteContext) -> None:
         if new.op == "get_attr" and "tensor_meta" not in new.meta:
             value = ctx.attrs.get(str(new.target))
             if isinstance(value, torch.Tensor):
-                new.meta["tensor_meta"] = _extract_tensor_metadata(value)
+                new.meta["tensor_meta"] = tensor_metadata(value)
 
 
 def _resized(meta, layout, ctx: RewriteContext):

@@ -1,4 +1,4 @@
-"""Pass 5 — verify: the slim model computes what the masked original computes.
+"""Pass 6 — verify: the slim model computes what the masked original computes.
 
 The *reference* is the original model with every pruned channel's BatchNorm scaling factor
 zeroed — and its shift too in groups that are zeroed rather than compensated. Verification
@@ -17,24 +17,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from slimfx.ir.channel_graph import ChannelGraph
 from slimfx.errors import EquivalenceError
+from slimfx.ir.channel_graph import ChannelGraph
+from slimfx.ir.options import Mode
+from slimfx.ir.plan import SlimPlan
 from slimfx.numerics import as_input_tuple, eval_mode, relative_error
-from slimfx.passes.plan import SlimPlan
 from slimfx.tolerances import FLOAT64_RTOL
 
 
 def _pruned_bn_channels(cg: ChannelGraph, plan: SlimPlan) -> Iterator[tuple[str, np.ndarray, bool]]:
     """(BatchNorm name, channels to zero, zero beta too) for every scorer of a pruned group."""
-    by_name = {g.name: g for g in cg.groups}
-    for name, gp in plan.groups.items():
-        group = by_name[name]
-        pruned = np.ones(gp.size, dtype=bool)
-        pruned[gp.kept] = False
-        for scorer in group.scorers:
+    for name, gid in plan.group_ids(cg).items():
+        gp = plan.groups[name]
+        pruned = gp.pruned_mask()
+        for scorer in cg.groups[gid].scorers:
             hit = pruned[scorer.group_index]
             if hit.any():
-                yield scorer.module, scorer.bn_channel[hit], gp.mode == "zero"
+                yield scorer.module, scorer.bn_channel[hit], gp.mode is Mode.ZERO
 
 
 def masked_state(
@@ -42,19 +41,15 @@ def masked_state(
 ) -> dict[str, torch.Tensor]:
     """Parameters and buffers of the reference, for ``functional_call(model, state, x)``.
 
-    Tensors that need no change are shared with ``model`` unless ``dtype`` asks for a cast;
-    the masked ones are new.
+    Every tensor is a copy (in ``dtype`` when given): writing to the state never reaches
+    ``model``.
     """
     state = _state(model, dtype)
     for bn, channels, zero_beta in _pruned_bn_channels(cg, plan):
         index = torch.as_tensor(channels, dtype=torch.long)
         names = [f"{bn}.weight"] + ([f"{bn}.bias"] if zero_beta else [])
         for key in names:
-            tensor = state[key]
-            if dtype is None:
-                tensor = tensor.detach().clone()
-            tensor[index] = 0
-            state[key] = tensor
+            state[key][index] = 0
     return state
 
 
@@ -72,14 +67,17 @@ def masked_reference(model: torch.nn.Module, cg: ChannelGraph, plan: SlimPlan) -
 
 
 def _state(module: torch.nn.Module, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """Copies of every parameter and buffer (floating ones in ``dtype`` when given).
+
+    Always copies: ``tensor.to(dtype)`` returns the tensor itself when it has that dtype
+    already, and a write to such a "copy" would reach the module.
+    """
     named = list(module.named_parameters(remove_duplicate=False))
     named += list(module.named_buffers(remove_duplicate=False))
     out = {}
     for name, tensor in named:
-        tensor = tensor.detach()
-        if dtype is not None and tensor.is_floating_point():
-            tensor = tensor.to(dtype)
-        out[name] = tensor
+        cast = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+        out[name] = tensor.detach().to(cast, copy=True)
     return out
 
 

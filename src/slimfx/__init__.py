@@ -6,11 +6,13 @@
 >>> res.module        # a smaller torch.fx.GraphModule, verified against res.reference
 
 The passes behind :func:`slim` are public too: :func:`trace`, :func:`analyze`,
-:func:`plan`, :func:`rewrite`, :func:`verify` (and more in :mod:`slimfx.passes`).
+:func:`propagate_constants`, :func:`plan`, :func:`rewrite`, :func:`verify` (and more in
+:mod:`slimfx.passes`); :class:`SlimOptions` holds every setting.
 """
 
-from slimfx.api import SlimResult, slim
+from slimfx.api import slim
 from slimfx.ir.channel_graph import ChannelGraph, ChannelGroup
+from slimfx.ir.constant_tables import ConstantTables
 from slimfx.errors import (
     CheckpointError,
     EquivalenceError,
@@ -21,18 +23,22 @@ from slimfx.errors import (
 )
 from slimfx.export.onnx import export_onnx
 from slimfx.ir.options import Mode, SlimOptions
+from slimfx.ir.plan import GroupPlan, SlimPlan
 from slimfx.passes.analyze import analyze
-from slimfx.passes.plan import GroupPlan, SlimPlan, plan
+from slimfx.passes.constant_propagation import propagate_constants
+from slimfx.passes.plan import plan
 from slimfx.passes.rewrite import rewrite
 from slimfx.passes.trace import trace
 from slimfx.passes.verify import masked_reference, verify
 from slimfx.report import SlimReport
+from slimfx.result import SlimResult
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ChannelGraph",
     "ChannelGroup",
+    "ConstantTables",
     "CheckpointError",
     "EquivalenceError",
     "GroupPlan",
@@ -49,6 +55,7 @@ __all__ = [
     "export_onnx",
     "masked_reference",
     "plan",
+    "propagate_constants",
     "rewrite",
     "slim",
     "trace",

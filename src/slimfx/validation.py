@@ -15,8 +15,7 @@ import torch.nn as nn
 
 from slimfx.errors import TraceError, first_line
 from slimfx.numerics import as_input_tuple, eval_mode
-
-_SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
+from slimfx.rules import expected_input
 
 
 def nonfinite_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
@@ -60,21 +59,6 @@ def check_finite_weights(model: nn.Module) -> None:
             f"{type(model).__name__} has NaN or infinite values in {first_few(bad)} "
             "(a diverged training run?); slimming needs finite weights"
         )
-
-
-def expected_input(module: nn.Module, name: str = "") -> str | None:
-    """What a layer takes, e.g. ``"Conv2d feature.0 takes (N, 3, H, W)"``; ``None`` if unknown."""
-    label = f"{type(module).__name__} {name}".strip()
-    if isinstance(module, nn.modules.conv._ConvNd):
-        spatial = _SPATIAL.get(len(module.kernel_size), "...")
-        return f"{label} takes (N, {module.in_channels}, {spatial})"
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        spatial = {"BatchNorm1d": "(N, {c}) or (N, {c}, L)", "BatchNorm3d": "(N, {c}, D, H, W)"}
-        shape = spatial.get(type(module).__name__, "(N, {c}, H, W)")
-        return f"{label} takes {shape.format(c=module.num_features)}"
-    if isinstance(module, nn.Linear):
-        return f"{label} takes (N, ..., {module.in_features})"
-    return None
 
 
 def check_inputs_fit(module: nn.Module, example_inputs: Any, what: str = "input") -> None:

@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 
 import slimfx
+from slimfx.ir.plan import SlimPlan
 from slimfx.models import VGG
-from slimfx.passes import SlimPlan
 from slimfx.passes.plan import _rank, group_scores
 from slimfx.testing import randomize_batchnorm
 

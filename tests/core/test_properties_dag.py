@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import slimfx
-from slimfx.passes.trace import propagate_shapes
+from slimfx.passes.shapes import propagate_shapes
 from slimfx.testing import assert_matches_oracle, randomize_batchnorm
 
 BLOCKS = [

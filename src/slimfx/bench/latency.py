@@ -216,7 +216,7 @@ def model_info(name: str, module: torch.nn.Module, inputs: tuple) -> ModelInfo:
 
     try:
         with eval_mode(module):
-            macs = count_macs(trace(module, tuple(t.cpu() for t in inputs), lazy_code=True))
+            macs = count_macs(trace(module, tuple(t.cpu() for t in inputs)))
     except (SlimfxError, RuntimeError, TypeError) as exc:
         logger.warning("cannot count the MACs of %s: %s", name, first_line(exc))
         macs = None

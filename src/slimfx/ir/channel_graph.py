@@ -35,11 +35,14 @@ class Scorer:
         Channels of the group this BatchNorm covers.
     bn_channel : numpy.ndarray
         The BatchNorm channel of each of them.
+    node : str
+        The fx node that calls the BatchNorm.
     """
 
     module: str
     group_index: np.ndarray
     bn_channel: np.ndarray
+    node: str = ""
 
 
 @dataclass

@@ -25,7 +25,7 @@ class Layout:
         Group id and channel-in-group of every position of the axis.
     """
 
-    __slots__ = ("_plain", "group", "index")
+    __slots__ = ("group", "index")
 
     def __init__(self, group: np.ndarray, index: np.ndarray):
         group = np.asarray(group, dtype=np.int64)
@@ -36,14 +36,11 @@ class Layout:
         index.setflags(write=False)
         self.group = group
         self.index = index
-        self._plain: int | bool | None = False  # not computed yet
 
     @classmethod
     def plain(cls, group_id: int, size: int) -> Layout:
         """The layout of a tensor that holds group ``group_id`` whole and in order."""
-        layout = cls(np.full(size, group_id, dtype=np.int64), np.arange(size, dtype=np.int64))
-        layout._plain = group_id if size and group_id != UNTRACKED else None
-        return layout
+        return cls(np.full(size, group_id, dtype=np.int64), np.arange(size, dtype=np.int64))
 
     @classmethod
     def untracked(cls, size: int) -> Layout:
@@ -83,11 +80,6 @@ class Layout:
 
     def plain_group(self) -> int | None:
         """The group id if this layout is one group, whole and in order, else ``None``."""
-        if self._plain is False:
-            self._plain = self._find_plain_group()
-        return self._plain
-
-    def _find_plain_group(self) -> int | None:
         if len(self) == 0:
             return None
         g = int(self.group[0])
@@ -99,28 +91,15 @@ class Layout:
 
     def group_ids(self) -> list[int]:
         """The tracked group ids present, in order of first appearance."""
-        plain = self.plain_group()
-        if plain is not None:
-            return [plain]
         ids, first = np.unique(self.group, return_index=True)
         order = np.argsort(first)
         return [int(g) for g in ids[order] if g != UNTRACKED]
 
     def relabel(self, table: Mapping[int, int]) -> Layout:
-        """Replace group ids through ``table`` (untracked stays untracked)."""
-        if len(self) == 0:
-            return self
-        plain = self.plain_group()
-        if plain is not None:  # one group whole: only its id changes
-            new_id = table.get(plain, plain)
-            if new_id == plain:
-                return self
-            layout = Layout(np.full(len(self), new_id, dtype=np.int64), self.index)
-            layout._plain = new_id if new_id != UNTRACKED else None
-            return layout
-        lookup = np.vectorize(lambda g: table.get(int(g), int(g)), otypes=[np.int64])
-        uniq, inverse = np.unique(self.group, return_inverse=True)
-        return Layout(lookup(uniq)[inverse], self.index)
+        """Replace group ids through ``table`` (ids not in it, and untracked, stay)."""
+        ids, inverse = np.unique(self.group, return_inverse=True)
+        new_ids = np.array([table.get(int(g), int(g)) for g in ids], dtype=np.int64)
+        return Layout(new_ids[inverse].reshape(-1), self.index)
 
     def occurrence(self) -> np.ndarray:
         """For each position, how many earlier positions hold the same (group, index).
@@ -154,43 +133,24 @@ class KeepTable:
 
     def __init__(self, keep: Mapping[int, np.ndarray], default: bool = True):
         self._default = default
-        self._masks: dict[int, tuple[Layout, np.ndarray]] = {}
         masks = {int(g): np.asarray(mask, dtype=bool) for g, mask in keep.items()}
-        size = max(masks, default=-1) + 1
-        self._offset = np.full(size, -1, dtype=np.int64)
+        # _start[g + 1]: where group g's mask starts in _flat (-1: absent); the first entry
+        # stands for untracked positions, the last for every id beyond the table
+        self._start = np.full(max(masks, default=-1) + 3, -1, dtype=np.int64)
         start = 0
         for g in sorted(masks):
-            self._offset[g] = start
+            self._start[g + 1] = start
             start += len(masks[g])
         self._flat = (
             np.concatenate([masks[g] for g in sorted(masks)]) if masks else np.zeros(0, bool)
         )
 
     def mask(self, layout: Layout) -> np.ndarray:
-        """Boolean mask over the layout's positions (True where the position stays).
-
-        The array is read-only: it is computed once per layout and shared.
-        """
-        cached = self._masks.get(id(layout))
-        if cached is not None and cached[0] is layout:
-            return cached[1]
-        out = self._compute_mask(layout)
-        out.setflags(write=False)
-        self._masks[id(layout)] = (layout, out)
-        return out
-
-    def _compute_mask(self, layout: Layout) -> np.ndarray:
-        g = layout.plain_group()
-        if g is not None and g < len(self._offset) and self._offset[g] >= 0:
-            start = int(self._offset[g])
-            return self._flat[start : start + len(layout)].copy()
+        """Boolean mask over the layout's positions (True where the position stays)."""
+        start = self._start[np.minimum(layout.group + 1, len(self._start) - 1)]
+        hit = start >= 0
         out = np.full(len(layout), self._default, dtype=bool)
-        group = layout.group
-        inside = (group >= 0) & (group < len(self._offset))
-        offset = np.full(len(layout), -1, dtype=np.int64)
-        offset[inside] = self._offset[group[inside]]
-        hit = offset >= 0
-        out[hit] = self._flat[offset[hit] + layout.index[hit]]
+        out[hit] = self._flat[start[hit] + layout.index[hit]]
         return out
 
     def positions(self, layout: Layout) -> np.ndarray:

@@ -95,9 +95,7 @@ class SlimOptions:
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.group_score not in GROUP_SCORES:
-            raise ValueError(
-                f"group_score must be one of {GROUP_SCORES}, got {self.group_score!r}"
-            )
+            raise ValueError(f"group_score must be one of {GROUP_SCORES}, got {self.group_score!r}")
         object.__setattr__(self, "percent", float(percent))
         object.__setattr__(self, "min_channels", int(self.min_channels))
         object.__setattr__(self, "round_to", int(self.round_to))
@@ -110,8 +108,8 @@ class SlimOptions:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def of(cls, options: SlimOptions | float | None = None, **changes: Any) -> SlimOptions:
-        """Options from a :class:`SlimOptions`, a bare ``percent`` or ``None`` (defaults).
+    def of(cls, options: SlimOptions | None = None, **changes: Any) -> SlimOptions:
+        """``options`` (the defaults when ``None``) with some settings changed.
 
         ``changes`` override single settings; an unknown name raises ``TypeError`` as an
         unknown keyword argument does.
@@ -121,9 +119,9 @@ class SlimOptions:
             raise TypeError(f"unknown slimming option(s): {', '.join(unknown)}")
         if options is None:
             return cls(**changes)
-        if isinstance(options, SlimOptions):
-            return options.replace(**changes) if changes else options
-        return cls(percent=options, **changes)
+        if not isinstance(options, SlimOptions):
+            raise TypeError(f"options must be a SlimOptions, got {type(options).__name__}")
+        return options.replace(**changes) if changes else options
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -12,6 +12,7 @@ from slimfx.rules import (  # noqa: F401
     shape,
     torchvision_ops,
 )
-from slimfx.rules.registry import register, registered_keys, rule_for
+from slimfx.rules.norm import is_batchnorm
+from slimfx.rules.registry import expected_input, register, registered_keys, rule_for
 
-__all__ = ["register", "registered_keys", "rule_for"]
+__all__ = ["expected_input", "is_batchnorm", "register", "registered_keys", "rule_for"]

@@ -2,7 +2,7 @@
 
 Pruned values are pushed through the op by evaluating the op itself on a float64 tensor of
 the values (shaped ``(1, C, 1, …)``), so every activation is exact without a hand-written
-formula; plain ReLU, the common case, is ``max(v, 0)`` in numpy. Positively homogeneous ops
+formula. Positively homogeneous ops
 (``f(a*x) = a*f(x)`` for ``a >= 0``) also carry spatial patterns; dropout is the identity at
 inference.
 """
@@ -21,7 +21,15 @@ from slimfx.rules.base import Passthrough, first_input, module_arg_tensor
 from slimfx.rules.folding import gather
 from slimfx.rules.registry import register
 from slimfx.rules.slicing import sliced_shell
-from slimfx.shapes import DROPOUT_MODULES
+
+DROPOUT_MODULES = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
 
 
 class ElementwiseUnary(Passthrough):
@@ -44,24 +52,16 @@ class ElementwiseUnary(Passthrough):
         """The op applied to ``x`` (float64), or ``None`` when it cannot be evaluated."""
         if node.op == "call_module":
             module = ctx.module(node)
-            if not module._parameters and not module._buffers and not module._modules:
-                return module.forward(x)  # stateless: no copy, no hooks
             state = {
                 name: t.detach().to(torch.float64) if t.is_floating_point() else t
                 for name, t in [*module.named_parameters(), *module.named_buffers()]
             }
-            return torch.func.functional_call(module, state, (x,))
-        if any(isinstance(a, fx.Node) for a in fx.node.map_aggregate(node.args[1:], _leaf)) or any(
-            isinstance(a, fx.Node) for a in fx.node.map_aggregate(node.kwargs, _leaf)
-        ):
+            return torch.func.functional_call(module, state, (x,)) if state else module(x)
+        if any(arg is not first_input(node) for arg in node.all_input_nodes):
             return None  # a runtime argument: cannot evaluate ahead of time
         if node.op == "call_method":
             return getattr(x, str(node.target))(*node.args[1:], **node.kwargs)
         return node.target(x, *node.args[1:], **node.kwargs)
-
-
-def _leaf(a):
-    return a
 
 
 @register(
@@ -82,22 +82,6 @@ class HomogeneousActivation(ElementwiseUnary):
 
     name = "relu-like"
     homogeneous = True
-
-    def propagate(self, node, ctx):
-        values = ctx.values(first_input(node))
-        if values is not None and _is_plain_relu(node, ctx):
-            # max(v, 0) is exact in float64 (NaN stays NaN): no tensor round trip
-            return values.mapped(np.maximum(values.value, 0.0), self.homogeneous)
-        return super().propagate(node, ctx)
-
-
-_RELU_FUNCTIONS = (F.relu, F.relu_, torch.relu, torch.relu_, "relu", "relu_")
-
-
-def _is_plain_relu(node: fx.Node, ctx) -> bool:
-    if node.op == "call_module":
-        return type(ctx.module(node)) is nn.ReLU
-    return node.target in _RELU_FUNCTIONS and len(node.args) == 1
 
 
 @register(

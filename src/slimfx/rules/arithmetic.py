@@ -21,9 +21,9 @@ import torch
 import torch.fx as fx
 
 from slimfx.ir.layout import Layout
+from slimfx.ir.values import PrunedValues, combine_add, combine_div, combine_mul
 from slimfx.rules.base import Rule, arg_value, first_input, node_shape
 from slimfx.rules.registry import register
-from slimfx.ir.values import PrunedValues, combine_add, combine_div, combine_mul
 
 ADD = (operator.add, operator.iadd, torch.add, "add", "add_")
 SUB = (operator.sub, operator.isub, torch.sub, "sub", "sub_")
@@ -146,7 +146,7 @@ class Binary(Rule):
         kwargs = {
             k: replaced.get(v, v) if isinstance(v, fx.Node) else v for k, v in node.kwargs.items()
         }
-        return ctx.emit(node, args=args, kwargs=kwargs, mapped=set(replaced.values()))
+        return ctx.emit(node, args=args, kwargs=kwargs)
 
 
 def _cat_inputs(node: fx.Node) -> tuple[list, int]:
@@ -245,7 +245,7 @@ class Split(Rule):
 
     def propagate(self, node, ctx):
         values = ctx.values(first_input(node))
-        layouts = ctx.layout_any(node)
+        layouts = ctx.output_layouts(node)
         if values is None or layouts is None:
             return None
         if self._dim(node) != 1:
@@ -257,7 +257,7 @@ class Split(Rule):
         return tuple(out)
 
     def rewrite(self, node, ctx):
-        layouts = ctx.layout_any(node)
+        layouts = ctx.output_layouts(node)
         if self._dim(node) != 1 or ctx.layout(first_input(node)) is None:
             return ctx.emit(node)
         mask = ctx.kept_mask(first_input(node))

@@ -4,14 +4,18 @@ A rule says, for one op kind, three things — one method each:
 
 ``analyze(node, ctx)``
     the channel layout of the node's output, coupling, freezing, scoring and sinking through
-    ``ctx`` (:class:`slimfx.passes.analyze.AnalyzeContext`);
+    ``ctx`` (:class:`slimfx.ir.contexts.AnalysisContext`);
 ``propagate(node, ctx)``
     the values pruned channels carry at the node's output
     (:class:`slimfx.ir.values.PrunedValues`), from those at its inputs
-    (:class:`slimfx.passes.constant_propagation.PropagateContext`);
+    (:class:`slimfx.ir.contexts.PropagationContext`);
 ``rewrite(node, ctx)``
     the node of the slim graph: a sliced module, adjusted arguments
-    (:class:`slimfx.passes.rewrite.RewriteContext`).
+    (:class:`slimfx.ir.contexts.RewriteContext`).
+
+A module rule may also say what input its module takes (:meth:`Rule.expected_input`), for
+the error a wrongly shaped example input gets, and what it outputs on the ``meta`` device
+(:meth:`Rule.meta_output`), where PyTorch's meta kernel is slow.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from slimfx.ir.contexts import AnalysisContext, PropagationContext, RewriteContext
 from slimfx.ir.layout import Layout
 from slimfx.ir.values import PrunedValues
 
@@ -53,15 +58,39 @@ class Rule:
     #: Short human name used in reports.
     name = "op"
 
-    def analyze(self, node: fx.Node, ctx: Any) -> Layout | tuple | None:
+    def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Layout | tuple | None:
+        """The layout of the node's output (see the module docstring)."""
         raise NotImplementedError
 
-    def propagate(self, node: fx.Node, ctx: Any) -> PrunedValues | tuple | None:
+    def propagate(self, node: fx.Node, ctx: PropagationContext) -> PrunedValues | tuple | None:
+        """The pruned values at the node's output; by default input dependent."""
         layout = ctx.layout(node)
-        return PrunedValues.unknown(len(layout)) if isinstance(layout, Layout) else None
+        return PrunedValues.unknown(len(layout)) if layout is not None else None
 
-    def rewrite(self, node: fx.Node, ctx: Any) -> fx.Node:
+    def rewrite(self, node: fx.Node, ctx: RewriteContext) -> fx.Node:
+        """The node's counterpart in the slim graph; by default a copy."""
         return ctx.emit(node)
+
+    def expected_input(self, module: torch.nn.Module) -> str | None:
+        """The input shape ``module`` takes, e.g. ``"(N, 3, H, W)"``; ``None`` if not known."""
+        return None
+
+    def meta_output(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+        """What ``module`` returns for the meta tensor ``x``, from its settings alone.
+
+        ``None`` (the default) runs the module on the meta device (PyTorch's meta kernels),
+        as it does for an input the module would refuse.
+        """
+        return None
+
+
+def meta_like(x: torch.Tensor, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+    """An empty meta tensor of ``x``'s dtype (and memory format, when the shape is the same)
+    whose ``requires_grad`` is what an op on ``x`` with plain meta parameters gives."""
+    grad = torch.is_grad_enabled() and x.requires_grad
+    if shape is None:
+        return torch.empty_like(x, device="meta", requires_grad=grad)
+    return torch.empty(shape, dtype=x.dtype, device="meta", requires_grad=grad)
 
 
 class Passthrough(Rule):
@@ -69,14 +98,14 @@ class Passthrough(Rule):
 
     name = "channel-wise"
 
-    def analyze(self, node, ctx):
+    def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Layout | None:
         layout = ctx.layout(first_input(node))
         if layout is None:
             return None
         ctx.space(node, layout)
         return layout
 
-    def propagate(self, node, ctx):
+    def propagate(self, node: fx.Node, ctx: PropagationContext) -> PrunedValues | None:
         return ctx.values(first_input(node))
 
 

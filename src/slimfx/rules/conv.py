@@ -17,11 +17,11 @@ import numpy as np
 import torch.nn as nn
 
 from slimfx.ir.layout import Layout
-from slimfx.rules.base import Rule, first_input
+from slimfx.ir.values import EXACT, PrunedValues
+from slimfx.rules.base import Rule, first_input, meta_like
 from slimfx.rules.folding import gather, slice_consumer, slice_grouped
 from slimfx.rules.registry import register
 from slimfx.rules.slicing import sliced_shell
-from slimfx.ir.values import EXACT, PrunedValues
 
 
 def _is_padded(conv: nn.modules.conv._ConvNd) -> bool:
@@ -41,6 +41,10 @@ class Conv(Rule):
     """Convolution: sink and producer, depthwise channel-wise, grouped frozen."""
 
     name = "conv"
+
+    def expected_input(self, module):
+        spatial = {1: "L", 2: "H, W", 3: "D, H, W"}.get(len(module.kernel_size), "...")
+        return f"(N, {module.in_channels}, {spatial})"
 
     def analyze(self, node, ctx):
         conv = ctx.module(node)
@@ -97,6 +101,16 @@ class Linear(Rule):
     """Linear layer on ``(N, F)``: sink of its input features, producer of new ones."""
 
     name = "linear"
+
+    def expected_input(self, module):
+        return f"(N, ..., {module.in_features})"
+
+    def meta_output(self, module, x):
+        """``(*x.shape[:-1], out_features)``: PyTorch's meta kernel for ``linear`` is a
+        Python decomposition (about 0.6 ms a call, ``benchmarks/pass_time.py``)."""
+        if x.dim() < 1 or x.shape[-1] != module.in_features or module.weight.dtype != x.dtype:
+            return None
+        return meta_like(x, (*x.shape[:-1], module.out_features))
 
     def analyze(self, node, ctx):
         inp = first_input(node)

@@ -1,12 +1,13 @@
-"""Rules for the graph's own nodes: inputs, outputs, attributes, and ops without a rule."""
+"""Rules for the graph's own nodes: inputs, outputs, attributes, Python values, and ops
+without a rule."""
 
 from __future__ import annotations
 
 import torch.fx as fx
 
 from slimfx.ir.layout import Layout
-from slimfx.rules.base import Rule, node_shape
 from slimfx.ir.values import PrunedValues
+from slimfx.rules.base import Rule, node_shape
 
 
 def _untracked_like(node: fx.Node):
@@ -60,6 +61,18 @@ class GetAttr(Rule):
         return None
 
 
+class PythonValue(Rule):
+    """A node whose output is no tensor (``x.size(0)``, a Python number): no channels."""
+
+    name = "python value"
+
+    def analyze(self, node, ctx):
+        return None
+
+    def propagate(self, node, ctx):
+        return None
+
+
 class Unknown(Rule):
     """An op without a rule: the groups it touches are frozen and its output is untracked."""
 
@@ -67,8 +80,7 @@ class Unknown(Rule):
 
     def analyze(self, node, ctx):
         layouts = ctx.layouts_in((node.args, node.kwargs))
-        notes = ctx.gm.meta.get("slimfx_trace_notes")
-        if node.op == "call_module" and notes is not None and node.target in notes.opaque:
+        if ctx.is_opaque(node):
             what = "opaque leaf module (could not be traced)"
         else:
             what = "no rule for op"
@@ -76,7 +88,7 @@ class Unknown(Rule):
         return _untracked_like(node)
 
     def propagate(self, node, ctx):
-        layout = ctx.layout_any(node)
+        layout = ctx.output_layouts(node)
         if isinstance(layout, tuple):
             return tuple(PrunedValues.unknown(len(x)) if x is not None else None for x in layout)
         return PrunedValues.unknown(len(layout)) if layout is not None else None

@@ -11,10 +11,25 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from slimfx.rules.base import Passthrough, first_input
+from slimfx.ir.values import PrunedValues
+from slimfx.rules.base import Passthrough, first_input, meta_like
 from slimfx.rules.registry import register
 from slimfx.rules.slicing import sliced_shell
-from slimfx.ir.values import PrunedValues
+
+
+def is_batchnorm(module: nn.Module) -> bool:
+    """Whether ``module`` is a BatchNorm (of any class derived from PyTorch's)."""
+    return isinstance(module, nn.modules.batchnorm._BatchNorm)
+
+
+#: The ranks each BatchNorm class takes.
+_RANKS = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,)}
+
+#: The input each BatchNorm class takes, by its channel count ``c``.
+_INPUT_SHAPES = {
+    nn.BatchNorm1d: "(N, {c}) or (N, {c}, L)",
+    nn.BatchNorm3d: "(N, {c}, D, H, W)",
+}
 
 
 @register(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -22,6 +37,24 @@ class BatchNorm(Passthrough):
     """BatchNorm over dim 1 (``(N, C, ...)`` or ``(N, F)``)."""
 
     name = "batchnorm"
+
+    def expected_input(self, module):
+        shape = next(
+            (text for cls, text in _INPUT_SHAPES.items() if isinstance(module, cls)),
+            "(N, {c}, H, W)",
+        )
+        return shape.format(c=module.num_features)
+
+    def meta_output(self, module, x):
+        """The input's shape: PyTorch's BatchNorm meta kernel is a Python decomposition that
+        costs about 1 ms a call, most of the trace of a VGG (``benchmarks/pass_time.py``)."""
+        ranks = next((r for cls, r in _RANKS.items() if isinstance(module, cls)), None)
+        if (ranks is not None and x.dim() not in ranks) or x.dim() < 2:
+            return None
+        weight = module.weight if module.weight is not None else module.running_mean
+        if x.shape[1] != module.num_features or (weight is not None and weight.dtype != x.dtype):
+            return None
+        return meta_like(x)
 
     def analyze(self, node, ctx):
         layout = super().analyze(node, ctx)
@@ -48,19 +81,15 @@ class BatchNorm(Passthrough):
         kept = ctx.kept(node)
         if kept is None:
             return ctx.emit(node, module=ctx.unchanged(node))
-        index = torch.from_numpy(np.ascontiguousarray(kept, dtype=np.int64))
-        whole = len(kept) == bn.num_features  # kept positions are sorted and distinct
-        carriers = np.flatnonzero(ctx.carriers(node)) if bn.affine else ()
-        fill_at = torch.from_numpy(carriers) if len(carriers) else None
+        index = torch.as_tensor(kept, dtype=torch.long)
+        carriers = torch.as_tensor(np.flatnonzero(ctx.carriers(node)) if bn.affine else [])
         tensors = {}
         for name, fill in _CARRIER_STATE:
             value = bn._parameters[name] if name in bn._parameters else bn._buffers.get(name)
             if value is None:
                 continue
-            value = value.detach()
-            value = ctx.cast(value.clone() if whole else value.index_select(0, index))
-            if fill_at is not None:
-                value.index_fill_(0, fill_at, fill)
+            value = ctx.cast(value.detach().index_select(0, index))
+            value[carriers.long()] = fill
             tensors[name] = value
         return ctx.emit(node, module=sliced_shell(bn, {"num_features": len(kept)}, **tensors))
 

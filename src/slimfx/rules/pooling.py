@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
+from slimfx.ir.values import PrunedValues
 from slimfx.rules.base import Passthrough, arg_value, first_input
 from slimfx.rules.registry import register
-from slimfx.ir.values import PrunedValues
 
 
 @register(

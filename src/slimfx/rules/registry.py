@@ -8,7 +8,7 @@ were its parent.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -56,17 +56,13 @@ def module_rule(module: torch.nn.Module) -> Any | None:
     return None
 
 
-def rule_for(
-    node: fx.Node, gm: fx.GraphModule, modules: dict[str, torch.nn.Module] | None = None
-) -> Any | None:
+def rule_for(node: fx.Node, modules: Mapping[str, torch.nn.Module]) -> Any | None:
     """The rule registered for ``node``'s op, or ``None``.
 
-    ``modules`` (``dict(gm.named_modules())``) saves walking the module tree per node.
+    ``modules`` is the traced module's ``dict(gm.named_modules())``.
     """
     if node.op == "call_module":
-        target = str(node.target)
-        module = modules[target] if modules is not None else gm.get_submodule(target)
-        return module_rule(module)
+        return module_rule(modules[str(node.target)])
     if node.op == "call_function":
         try:
             return _FUNCTION_RULES.get(node.target)
@@ -75,6 +71,19 @@ def rule_for(
     if node.op == "call_method":
         return _METHOD_RULES.get(str(node.target))
     return None
+
+
+def expected_input(module: torch.nn.Module, name: str = "") -> str | None:
+    """What a layer takes, e.g. ``"Conv2d feature.0 takes (N, 3, H, W)"``; ``None`` if unknown.
+
+    The shape comes from the module's rule (:meth:`slimfx.rules.base.Rule.expected_input`).
+    """
+    rule = module_rule(module)
+    shape = rule.expected_input(module) if rule is not None else None
+    if shape is None:
+        return None
+    label = f"{type(module).__name__} {name}".strip()
+    return f"{label} takes {shape}"
 
 
 def registered_keys() -> dict[str, list[str]]:

@@ -21,9 +21,9 @@ import torch
 import torch.fx as fx
 
 from slimfx.ir.layout import Layout
+from slimfx.ir.values import PrunedValues
 from slimfx.rules.base import Rule, first_input, node_shape
 from slimfx.rules.registry import register
-from slimfx.ir.values import PrunedValues
 
 
 def _reshape_factor(in_shape: tuple, out_shape: tuple) -> int | None:
@@ -161,7 +161,7 @@ class GetItem(Rule):
 
     def analyze(self, node, ctx):
         source, index = node.args[0], node.args[1]
-        packed = ctx.layouts.get(source.name) if isinstance(source, fx.Node) else None
+        packed = ctx.output_layouts(source) if isinstance(source, fx.Node) else None
         if isinstance(packed, tuple):
             return packed[index] if isinstance(index, int) else None
         layout = ctx.layout(source)
@@ -180,7 +180,7 @@ class GetItem(Rule):
 
     def propagate(self, node, ctx):
         source, index = node.args[0], node.args[1]
-        packed = ctx.table.get(source.name) if isinstance(source, fx.Node) else None
+        packed = ctx.output_values(source) if isinstance(source, fx.Node) else None
         if isinstance(packed, tuple):
             return packed[index]
         values = ctx.values(source)
@@ -196,9 +196,7 @@ class GetItem(Rule):
 
     def rewrite(self, node, ctx):
         source, index = node.args[0], node.args[1]
-        if _tensor_index_kind(index) != "channel" or isinstance(
-            ctx.layouts.get(source.name), tuple
-        ):
+        if _tensor_index_kind(index) != "channel" or isinstance(ctx.output_layouts(source), tuple):
             return ctx.emit(node)
         start, stop, _ = index[1].indices(len(ctx.layout(source)))
         kept = ctx.kept(source)

@@ -66,7 +66,7 @@ def prunable_batchnorms(model: nn.Module, example_inputs: Any) -> list[str]:
     ['feature.1', 'feature.5']
     """
     inner = unwrap(model)
-    cg = analyze(trace(inner, example_inputs, lazy_code=True))
+    cg = analyze(trace(inner, example_inputs))
     wanted = {s.module for g in cuttable_groups(cg) for s in g.scorers}
     return [name for name, _ in inner.named_modules() if name in wanted]
 

@@ -206,7 +206,7 @@ class _Demo:
         return fit(model, self.train_set, self.test_set, config, on_epoch_end=record)
 
     def _row(self, step: str, mode: str, accuracy: float, model: torch.nn.Module) -> None:
-        macs = count_macs(trace(model, self.example, lazy_code=True))
+        macs = count_macs(trace(model, self.example))
         self.result.rows.append(DemoRow(step, mode, accuracy, count_params(model), macs))
 
     def sparsity_training(self):

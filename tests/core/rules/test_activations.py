@@ -1,7 +1,5 @@
 """Rule family: channel-wise activations, dropout and identity-like methods."""
 
-import importlib
-
 import numpy as np
 import pytest
 import torch
@@ -120,24 +118,20 @@ class _ThreeReLUs(nn.Module):
         return self.conv3(x)
 
 
-@pytest.mark.parametrize("mode", [0, 1, 2])  # BETA, ZERO, CARRIER
-def test_relu_in_numpy_gives_the_values_evaluating_the_op_gives(mode, monkeypatch):
-    activations = importlib.import_module("slimfx.rules.activations")
-    constants = importlib.import_module("slimfx.passes.constant_propagation")
+@pytest.mark.parametrize("mode", list(slimfx.Mode))
+def test_relu_of_a_constant_is_its_positive_part_in_every_form(mode):
+    """The module, ``F.relu`` and ``Tensor.relu_`` all map a gate's constant ``v`` to
+    ``max(v, 0)``; NaN stays unknown."""
     model = randomize_batchnorm(_ThreeReLUs(), seed=11)
+    beta = torch.tensor([-1.0, 0.0, -0.0, 0.5, 2.0, -3.0, 1e-3, float("nan")])
     with torch.no_grad():
-        model.bn1.bias.copy_(torch.tensor([-1.0, 0.0, -0.0, 0.5, 2.0, -3.0, 1e-3, float("nan")]))
+        model.bn1.bias.copy_(beta)
     cg = slimfx.analyze(slimfx.trace(model, torch.randn(1, 3, 6, 6)))
-    fast = constants.propagate(cg, mode)
-    monkeypatch.setattr(activations, "_is_plain_relu", lambda node, ctx: False)
-    evaluated = constants.propagate(cg, mode)
-    relus = [n for n in cg.gm.graph.nodes if "relu" in n.name or n.name == "act"]
-    assert len(relus) == 3
-    for name, values in evaluated.items():
-        ours = fast[name]
-        if values is None:
-            assert ours is None
-            continue
-        np.testing.assert_array_equal(ours.kind, values.kind)
-        np.testing.assert_array_equal(ours.pattern, values.pattern)
-        np.testing.assert_array_equal(ours.value, values.value)  # NaN equals NaN here
+    table = slimfx.propagate_constants(cg, [mode]).table(mode)
+    gate = {"compensate": beta.numpy(), "zero": np.zeros(8), "carrier": np.ones(8)}[mode.value]
+    act = table["act"]
+    finite = np.isfinite(gate)
+    np.testing.assert_array_equal(act.value[finite], np.maximum(gate[finite], 0.0))
+    assert np.all(act.kind[~finite] == 2)  # UNKNOWN
+    relu = table["relu"]  # F.relu after zero padding: a pattern, still max(v, 0)
+    np.testing.assert_array_equal(relu.value[finite], np.maximum(gate[finite], 0.0))
