@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from slimfx.passes.verify import random_inputs, relative_error, run_float64
+from slimfx.rules import is_batchnorm
 
 
 def randomize_batchnorm(model: nn.Module, seed: int = 0, *, sparse: float = 0.0) -> nn.Module:
@@ -26,7 +27,7 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0, *, sparse: float = 0.0)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
-            if not isinstance(module, nn.modules.batchnorm._BatchNorm):
+            if not is_batchnorm(module):
                 continue
             n = module.num_features
             if module.affine:
