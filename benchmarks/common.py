@@ -63,8 +63,8 @@ def add_timing_arguments(parser) -> None:
 
 
 def measure(models, example, args):
-    """:func:`slimfx.bench.latency.measure_latency` with the settings of :func:`add_timing_arguments`
-    and ``args.backends``."""
+    """:func:`slimfx.bench.latency.measure_latency` with the settings of
+    :func:`add_timing_arguments` and ``args.backends``."""
     from slimfx.bench.latency import measure_latency
 
     return measure_latency(

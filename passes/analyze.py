@@ -258,6 +258,7 @@ def _finish(ctx: AnalyzeContext) -> ChannelGraph:
         for m in members:
             component_of[m] = gid
     table = {pre: component_of[name] for pre, name in enumerate(names)}
+    new_ids = np.array([table[pre] for pre in range(len(names))], dtype=np.int64)
     for pre, reasons in ctx.frozen.items():
         grp = groups[table[pre]]
         grp.frozen.extend(r for r in reasons if r not in grp.frozen)
@@ -270,7 +271,7 @@ def _finish(ctx: AnalyzeContext) -> ChannelGraph:
             grp.frozen.append(f"grouped convolutions split it into {sorted(counts)} blocks")
 
     def relabel(lay: Any) -> Any:
-        return lay.relabel(table) if isinstance(lay, Layout) else lay
+        return lay.relabel(new_ids) if isinstance(lay, Layout) else lay
 
     layouts: dict[str, Any] = {}
     for name, lay in ctx.layouts.items():

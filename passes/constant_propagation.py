@@ -125,6 +125,20 @@ def propagate(cg: ChannelGraph, modes: Mode | Mapping[int, Mode]) -> dict[str, A
         return walk(cg.gm, ctx.modules, step, into=ctx.table)
 
 
+def with_modes(
+    cg: ChannelGraph, constants: ConstantTables | None, modes: Iterable[Mode]
+) -> ConstantTables:
+    """``constants`` with a table for each of ``modes``: those it lacks are propagated.
+
+    A new value; ``constants`` itself is not changed (``None``: propagate every mode asked).
+    """
+    have = dict(constants.tables) if constants is not None else {}
+    missing = [Mode(m) for m in modes if Mode(m) not in have]
+    if not missing and constants is not None:
+        return constants
+    return ConstantTables({**have, **{mode: propagate(cg, mode) for mode in missing}})
+
+
 def propagate_constants(cg: ChannelGraph, modes: Iterable[Mode] = tuple(Mode)) -> ConstantTables:
     """The constant tables the plan and the rewrite read: one per mode, every group in it.
 

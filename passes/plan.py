@@ -46,7 +46,7 @@ from slimfx.ir.options import Mode, SlimOptions
 from slimfx.ir.plan import GroupPlan, SlimPlan
 from slimfx.ir.values import EXACT, PATTERN, UNKNOWN
 from slimfx.numerics import float64_array
-from slimfx.passes.constant_propagation import propagate_constants
+from slimfx.passes.constant_propagation import with_modes
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,8 @@ def group_scores(cg: ChannelGraph, group: ChannelGroup, how: str = "mean") -> np
 class _SinkView:
     """Per group: its positions at every sink, with their values in each mode."""
 
-    def __init__(self, cg: ChannelGraph, constants: ConstantTables):
+    def __init__(self, cg: ChannelGraph, constants: ConstantTables | None):
+        self.cg = cg
         self.constants = constants
         self.entries: dict[int, list[tuple]] = {}
         for sink in cg.sinks:
@@ -85,6 +86,8 @@ class _SinkView:
                 self.entries.setdefault(gid, []).append((sink, layout.index[pos], pos))
 
     def values(self, sink, mode: Mode):
+        if self.constants is None or mode not in self.constants.modes:
+            self.constants = with_modes(self.cg, self.constants, [mode])  # first use
         return self.constants.table(mode)[sink.input]
 
     def first_inexact_sink(self, gid: int, mode: Mode) -> str | None:
@@ -135,8 +138,9 @@ def plan(
     options : SlimOptions or float
         The settings, or a bare ``percent`` (the other settings then take their defaults).
     constants : ConstantTables, optional
-        From :func:`slimfx.passes.propagate_constants` on ``cg`` (propagated here when not
-        given); pass the same value to :func:`slimfx.passes.rewrite`.
+        From :func:`slimfx.passes.propagate_constants` on ``cg``; the modes it lacks (all,
+        when it is not given) are propagated here as the plan needs them. Pass the same
+        value to :func:`slimfx.passes.rewrite`.
     **settings
         Single settings of :class:`SlimOptions` by name, overriding ``options``.
 
@@ -156,7 +160,7 @@ def plan(
         )
     notes: list[str] = []
     frozen: dict[str, str] = {}
-    sinks = _SinkView(cg, constants if constants is not None else propagate_constants(cg))
+    sinks = _SinkView(cg, constants)
     candidates = _cuttable(cg, sinks, options.compensate, notes, frozen)
     if not candidates:
         reasons = sorted({r for g in scored for r in g.frozen} | set(frozen.values()))
@@ -197,7 +201,7 @@ def cuttable_groups(
 
     These are the groups whose BatchNorms sparsity training should penalise.
     """
-    sinks = _SinkView(cg, constants if constants is not None else propagate_constants(cg))
+    sinks = _SinkView(cg, constants)
     return [g for g, _ in _cuttable(cg, sinks, compensate, [], {})]
 
 

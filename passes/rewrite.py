@@ -27,11 +27,13 @@ from slimfx.ir.layout import Layout
 from slimfx.ir.options import Mode
 from slimfx.ir.plan import SlimPlan
 from slimfx.ir.values import UNKNOWN, PrunedValues
-from slimfx.passes.constant_propagation import propagate_constants
+from slimfx.passes.constant_propagation import with_modes
 from slimfx.passes.shapes import tensor_metadata
 from slimfx.passes.trace import restore_containers
 from slimfx.passes.walk import GraphReader, fetch_attr, walk
 from slimfx.rules.base import Rule
+from slimfx.rules.registry import module_rule
+from slimfx.rules.slicing import sliced_shell
 
 
 class RewriteContext(GraphReader):
@@ -80,9 +82,19 @@ class RewriteContext(GraphReader):
         return tensor.to(self.dtype)
 
     def unchanged(self, node: fx.Node) -> torch.nn.Module:
-        """An independent copy of the node's module (in the target dtype)."""
-        module = copy.deepcopy(self.module(node))
-        return module if self.dtype is None else module.to(self.dtype)
+        """An independent copy of the node's module (in the target dtype).
+
+        A layer a rule knows (``ReLU``, ``MaxPool2d`` …) holds only settings besides its
+        tensors: :func:`sliced_shell` copies it with fresh tensors and hook tables, where
+        ``copy.deepcopy`` takes about 250 µs per layer, a tenth of a CIFAR VGG-19's
+        rewrite (``benchmarks/pass_time.py``). Other modules are deep-copied.
+        """
+        module = self.module(node)
+        if module_rule(module) is not None and not module._modules:
+            copied = sliced_shell(module)
+        else:
+            copied = copy.deepcopy(module)
+        return copied if self.dtype is None else copied.to(self.dtype)
 
     def sink_fold(self, node: fx.Node, inp: fx.Node) -> SinkFold:
         """The slicing and folding of a consumer's input (see :class:`SinkFold`)."""
@@ -214,8 +226,8 @@ def rewrite(
     plan : SlimPlan
         From :func:`slimfx.passes.plan` (or loaded from JSON).
     constants : ConstantTables, optional
-        From :func:`slimfx.passes.propagate_constants` on ``cg`` — the value the plan read
-        (propagated here when not given).
+        From :func:`slimfx.passes.propagate_constants` on ``cg`` — the value the plan read;
+        the modes the plan uses and it lacks are propagated here.
     dtype : torch.dtype, optional
         Convert floating-point parameters and buffers (``torch.float64`` for verification).
 
@@ -225,8 +237,10 @@ def rewrite(
         A new module; ``cg.gm`` and the model behind it are not modified. Its nodes carry
         shapes (``meta["tensor_meta"]``) for the example input shapes of the trace.
     """
-    if constants is None:
-        constants = propagate_constants(cg)
+    needed = {gp.mode for gp in plan.groups.values()}
+    if any(gp.carrier is not None for gp in plan.groups.values()):
+        needed.add(Mode.CARRIER)
+    constants = with_modes(cg, constants, needed)
     ctx = RewriteContext(cg, plan, constants, dtype)
 
     def step(node: fx.Node, rule: Rule) -> fx.Node:

@@ -25,6 +25,7 @@ from torch.fx.passes.shape_prop import TensorMetadata
 from slimfx.errors import TraceError, first_line
 from slimfx.numerics import eval_mode
 from slimfx.rules import expected_input
+from slimfx.rules.base import meta_like
 from slimfx.rules.registry import module_rule
 
 logger = logging.getLogger(__name__)
@@ -91,13 +92,13 @@ class _ShapeInterpreter(fx.Interpreter):
     def get_attr(self, target, args, kwargs):
         value = super().get_attr(target, args, kwargs)
         if isinstance(value, torch.Tensor):
-            return torch.empty_like(value, device="meta") if self.on_meta else value.clone()
+            return meta_like(value, requires_grad=False) if self.on_meta else value.clone()
         return value
 
     def _state(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
         if self.on_meta:
             named = [*module.named_parameters(), *module.named_buffers()]
-            return {name: torch.empty_like(t, device="meta") for name, t in named}
+            return {name: meta_like(t, requires_grad=False) for name, t in named}
         return {name: b.clone() for name, b in module.named_buffers()}  # BN updates its own
 
 

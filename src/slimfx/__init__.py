@@ -11,8 +11,6 @@ The passes behind :func:`slim` are public too: :func:`trace`, :func:`analyze`,
 """
 
 from slimfx.api import slim
-from slimfx.ir.channel_graph import ChannelGraph, ChannelGroup
-from slimfx.ir.constant_tables import ConstantTables
 from slimfx.errors import (
     CheckpointError,
     EquivalenceError,
@@ -22,6 +20,8 @@ from slimfx.errors import (
     UnsupportedError,
 )
 from slimfx.export.onnx import export_onnx
+from slimfx.ir.channel_graph import ChannelGraph, ChannelGroup
+from slimfx.ir.constant_tables import ConstantTables
 from slimfx.ir.options import Mode, SlimOptions
 from slimfx.ir.plan import GroupPlan, SlimPlan
 from slimfx.passes.analyze import analyze
@@ -38,14 +38,14 @@ __version__ = "0.1.0"
 __all__ = [
     "ChannelGraph",
     "ChannelGroup",
-    "ConstantTables",
     "CheckpointError",
+    "ConstantTables",
     "EquivalenceError",
     "GroupPlan",
     "Mode",
     "PlanError",
-    "SlimPlan",
     "SlimOptions",
+    "SlimPlan",
     "SlimReport",
     "SlimResult",
     "SlimfxError",

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from slimfx.ir.options import SlimOptions
+from slimfx.ir.options import Mode, SlimOptions
 from slimfx.passes.analyze import analyze
 from slimfx.passes.constant_propagation import propagate_constants
 from slimfx.passes.plan import plan
@@ -75,7 +75,8 @@ def slim(
     if verify:  # NaN compares unequal to everything: name the tensors before verifying
         check_finite_weights(model)
     cg = analyze(gm, strict=options.strict)
-    constants = propagate_constants(cg)  # read by the plan and the rewrite
+    first_choice = Mode.COMPENSATE if options.compensate else Mode.ZERO
+    constants = propagate_constants(cg, [first_choice, Mode.CARRIER])  # plan and rewrite
     slim_plan = plan(cg, options, constants=constants)
     module = rewrite(cg, slim_plan, constants=constants)
     result = SlimResult(

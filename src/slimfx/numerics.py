@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils._pytree import tree_leaves
 
 
 def as_input_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
@@ -56,6 +55,18 @@ def float64_array(tensor: torch.Tensor) -> np.ndarray:
     return tensor.to(torch.float64).numpy()
 
 
+def _leaves(value: Any) -> Iterator[Any]:
+    """The tensors and arrays of nested tuples, lists and dicts, in order."""
+    if isinstance(value, list | tuple):
+        for item in value:
+            yield from _leaves(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _leaves(item)
+    else:
+        yield value
+
+
 def relative_error(got: Any, want: Any) -> float:
     """``max|got - want| / max|want|`` over all tensors or arrays of two outputs, in float64.
 
@@ -63,7 +74,7 @@ def relative_error(got: Any, want: Any) -> float:
     error is returned where ``want`` is all zero; ``inf`` for a shape mismatch or a
     non-finite difference.
     """
-    leaves_got, leaves_want = tree_leaves(got), tree_leaves(want)
+    leaves_got, leaves_want = list(_leaves(got)), list(_leaves(want))
     if len(leaves_got) != len(leaves_want):
         return float("inf")
     diff, scale = 0.0, 0.0

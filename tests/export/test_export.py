@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import slimfx
-from slimfx.export import onnx as export_module
 from slimfx.errors import EquivalenceError, SlimfxError
+from slimfx.export import onnx as export_module
 from slimfx.export.onnx import EXPORTERS, ExportResult, export_onnx, relative_error
 from slimfx.tolerances import ONNX_RTOL
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from slimfx.cli import main
+from slimfx.ir.options import SlimOptions
 from slimfx.models import VGG
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -211,13 +212,14 @@ def test_round_to_and_min_channels(tmp_path, wf, monkeypatch):
     assert all(v % 8 == 0 and v >= 16 for v in cfg if v != "M")
     calls = []
 
-    def fake_auto_round_to(model, example_inputs, percent, **options):
+    def fake_auto_round_to(model, example_inputs, percent=None, *, options):
         calls.append((type(model).__name__, tuple(example_inputs.shape), percent, options))
         return 4
 
     monkeypatch.setattr("slimfx.bench.round_to.auto_round_to", fake_auto_round_to)
     assert prune_cli(ckpt, tmp_path / "auto", "--round-to", "auto", "--no-plots") == 0
-    assert calls == [("VGG", (2, 3, 32, 32), 0.5, {"min_channels": 1, "compensate": True})]
+    expected = SlimOptions(percent=0.5, min_channels=1, compensate=True)
+    assert calls == [("VGG", (2, 3, 32, 32), None, expected)]
     cfg = torch.load(tmp_path / "auto" / "pruned.pth", weights_only=True)["cfg"]
     assert all(v % 4 == 0 for v in cfg if v != "M")
     assert "round_to: 4" in (tmp_path / "auto" / "prune.txt").read_text()

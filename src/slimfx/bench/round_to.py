@@ -31,6 +31,7 @@ import torch
 from slimfx.bench.latency import measure_latency
 from slimfx.bench.report import LatencyReport
 from slimfx.errors import SlimfxError
+from slimfx.ir.options import SlimOptions
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +91,9 @@ class RoundToChoice:
 def measure_round_to(
     model: torch.nn.Module,
     example_inputs: Any,
-    percent: float = 0.5,
+    percent: float | None = None,
     *,
+    options: SlimOptions | None = None,
     candidates: Sequence[int] = DEFAULT_CANDIDATES,
     backend: str = "ort-cpu",
     batch: int = 8,
@@ -100,7 +102,7 @@ def measure_round_to(
     threads: int | None = None,
     tolerance: float = 0.05,
     progress: bool = False,
-    **slim_options: Any,
+    **settings: Any,
 ) -> RoundToChoice:
     """Slim ``model`` with each candidate ``round_to`` and time the results on ``backend``.
 
@@ -109,8 +111,12 @@ def measure_round_to(
     model : torch.nn.Module
         The model to be pruned (not modified).
     example_inputs : tensor or sequence of tensors
-    percent : float
-        The pruning ratio that will be used.
+    percent : float, optional
+        The pruning ratio that will be used (overrides ``options.percent``).
+    options : SlimOptions, optional
+        The other settings of the slimming that will be used; each candidate replaces its
+        ``round_to``. Candidates are slimmed without verification: only their widths are
+        timed (the chosen one is verified when it is used).
     candidates : sequence of int
         ``round_to`` values to try.
     backend : str
@@ -122,8 +128,9 @@ def measure_round_to(
     tolerance : float
         Candidates whose fastest round is within this relative margin of the fastest one
         count as equally fast; the smallest of them is chosen.
-    **slim_options
-        Passed to :func:`slimfx.slim` (``min_channels``, ``compensate`` …).
+    **settings
+        Single settings of :class:`slimfx.SlimOptions` by name (``min_channels``,
+        ``compensate`` …), overriding ``options``.
 
     Returns
     -------
@@ -136,11 +143,13 @@ def measure_round_to(
         raise ValueError(f"round_to candidates must be positive integers, got {candidates!r}")
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
-    slim_options.setdefault("verify", False)
+    if percent is not None:
+        settings["percent"] = percent
+    options = SlimOptions.of(options, **settings).replace(verify=False)
     built: dict[tuple[int, ...], tuple[int, Any]] = {}
     shapes: dict[int, Any] = {}
     for value in values:
-        result = slim(model, example_inputs, percent, round_to=value, **slim_options)
+        result = slim(model, example_inputs, options=options.replace(round_to=value))
         widths = tuple(row.width for row in result.report.layers)
         shapes[value] = (widths, result.report)
         built.setdefault(widths, (value, result.module))
@@ -188,7 +197,7 @@ def measure_round_to(
 
 
 def auto_round_to(
-    model: torch.nn.Module, example_inputs: Any, percent: float = 0.5, **options: Any
+    model: torch.nn.Module, example_inputs: Any, percent: float | None = None, **options: Any
 ) -> int:
     """The ``round_to`` that makes the slim model fastest on the target backend.
 
@@ -200,11 +209,12 @@ def auto_round_to(
     ----------
     model : torch.nn.Module
     example_inputs : tensor or sequence of tensors
-    percent : float
+    percent : float, optional
         The pruning ratio that will be used.
     **options
-        Keyword arguments of :func:`measure_round_to` (``candidates``, ``backend``,
-        ``batch``, ``rounds``, ``threads``, ``tolerance``) and of :func:`slimfx.slim`.
+        Keyword arguments of :func:`measure_round_to` (``options``, ``candidates``,
+        ``backend``, ``batch``, ``rounds``, ``threads``, ``tolerance``) and single settings
+        of :class:`slimfx.SlimOptions`.
 
     Returns
     -------

@@ -7,8 +7,8 @@ import sys
 
 from slimfx.cli.prune import percent_value
 from slimfx.cli.train import nonnegative_float, positive_float, positive_int
-from slimfx.workflow.demo import DemoConfig, run_demo, summary_lines
 from slimfx.train.loop import EpochResult, TrainingInterrupted
+from slimfx.workflow.demo import DemoConfig, run_demo, summary_lines
 
 DEFAULTS = DemoConfig()
 

@@ -10,6 +10,7 @@ import torch
 from slimfx.cli.train import add_model_arguments, positive_int
 from slimfx.data import load_dataset
 from slimfx.files import ensure_output_dir
+from slimfx.ir.options import SlimOptions
 from slimfx.workflow.prune import PruneOutcome, load_trained_model, prune_model
 
 
@@ -104,6 +105,14 @@ def summary(outcome: PruneOutcome) -> str:
     return "\n".join(lines)
 
 
+def slim_options(args: argparse.Namespace) -> SlimOptions:
+    """The :class:`slimfx.SlimOptions` of ``slimfx prune``'s flags (``--round-to`` apart:
+    it may be ``auto``, resolved by :func:`slimfx.workflow.prune.prune_model`)."""
+    return SlimOptions(
+        percent=args.percent, min_channels=args.min_channels, compensate=not args.no_compensate
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     test_set = load_dataset(args.dataset, False, args.data_dir, download=args.download)
     model, ckpt = load_trained_model(
@@ -121,12 +130,10 @@ def run(args: argparse.Namespace) -> int:
     device = "cuda" if not args.no_cuda and torch.cuda.is_available() else "cpu"
     outcome = prune_model(
         model,
-        percent=args.percent,
+        slim_options(args),
+        round_to=args.round_to,
         test_set=test_set,
         save_dir=args.save,
-        compensate=not args.no_compensate,
-        min_channels=args.min_channels,
-        round_to=args.round_to,
         test_batch_size=args.test_batch_size,
         device=device,
         plots=not args.no_plots,

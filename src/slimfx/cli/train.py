@@ -14,8 +14,8 @@ import torch
 
 from slimfx.checkpoint import load_checkpoint
 from slimfx.data import DATASETS, load_dataset
-from slimfx.train.distributed import env_rank
 from slimfx.models import DEFAULT_CFG, MODEL_BUILDERS, MODEL_DEPTHS, build_model
+from slimfx.train.distributed import env_rank
 from slimfx.train.loop import EpochResult, TrainConfig, TrainingInterrupted, TrainResult, fit
 from slimfx.train.state import model_cfg
 from slimfx.workflow.prune import load_trained_model, model_for_checkpoint

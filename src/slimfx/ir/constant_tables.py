@@ -58,12 +58,12 @@ class ConstantTables:
         layout : Layout
             The node's channel layout.
         group_modes : mapping
-            Group id → :class:`Mode`; positions of groups not in it, and untracked
-            positions, take the ``Mode.ZERO`` values.
+            Group id → :class:`Mode` of every pruned group. Positions of other groups, and
+            untracked positions, are never pruned: they take the values of any mode.
         """
         ids = np.unique(layout.group)
-        mode_of = {int(g): group_modes.get(int(g), Mode.ZERO) for g in ids}
-        used = sorted(set(mode_of.values()), key=lambda m: m.value)
+        mode_of = {int(g): group_modes[int(g)] for g in ids if int(g) in group_modes}
+        used = sorted(set(mode_of.values()), key=lambda m: m.value) or [min(self.tables)]
         first = self.table(used[0])[node]
         if len(used) == 1:
             return first

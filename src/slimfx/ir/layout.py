@@ -95,11 +95,21 @@ class Layout:
         order = np.argsort(first)
         return [int(g) for g in ids[order] if g != UNTRACKED]
 
-    def relabel(self, table: Mapping[int, int]) -> Layout:
-        """Replace group ids through ``table`` (ids not in it, and untracked, stay)."""
-        ids, inverse = np.unique(self.group, return_inverse=True)
-        new_ids = np.array([table.get(int(g), int(g)) for g in ids], dtype=np.int64)
-        return Layout(new_ids[inverse].reshape(-1), self.index)
+    def relabel(self, table: Mapping[int, int] | np.ndarray) -> Layout:
+        """Replace group ids through ``table`` (untracked positions stay untracked).
+
+        ``table`` maps old ids to new ones: a mapping (ids not in it stay), or an array
+        indexed by the old id that holds every id of the layout.
+        """
+        if not isinstance(table, np.ndarray):
+            table = np.array(
+                [table.get(g, g) for g in range(int(self.group.max(initial=-1)) + 1)],
+                dtype=np.int64,
+            )
+        tracked = self.group != UNTRACKED
+        group = self.group.copy()
+        group[tracked] = table[self.group[tracked]]
+        return Layout(group, self.index)
 
     def occurrence(self) -> np.ndarray:
         """For each position, how many earlier positions hold the same (group, index).
@@ -107,11 +117,11 @@ class Layout:
         After a flatten a channel appears ``k`` times; the ``j``-th appearance of a pruned
         channel pairs with the ``j``-th appearance of its group's carrier channel.
         """
-        keys = np.stack([self.group, self.index], axis=1)
-        order = np.lexsort((np.arange(len(self)), self.index, self.group))
-        sorted_keys = keys[order]
+        key = (self.group + 1) * (int(self.index.max(initial=0)) + 1) + self.index
+        order = np.argsort(key, kind="stable")  # equal keys keep their position order
+        sorted_keys = key[order]
         new_run = np.ones(len(self), dtype=bool)
-        new_run[1:] = np.any(sorted_keys[1:] != sorted_keys[:-1], axis=1)
+        new_run[1:] = sorted_keys[1:] != sorted_keys[:-1]
         run_start = np.maximum.accumulate(np.where(new_run, np.arange(len(self)), 0))
         occ_sorted = np.arange(len(self)) - run_start
         occ = np.empty(len(self), dtype=np.int64)

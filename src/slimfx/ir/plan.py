@@ -174,11 +174,8 @@ class SlimPlan:
         return KeepTable(masks, default=False)
 
     def modes(self, cg: ChannelGraph) -> dict[int, Mode]:
-        """Mode of every group id of ``cg``: its plan's, ``Mode.ZERO`` for unplanned ones."""
-        modes = dict.fromkeys(range(len(cg.groups)), Mode.ZERO)
-        for name, gid in self.group_ids(cg).items():
-            modes[gid] = self.groups[name].mode
-        return modes
+        """Group id in ``cg`` → mode, for every planned group."""
+        return {gid: self.groups[name].mode for name, gid in self.group_ids(cg).items()}
 
 
 #: The settings a plan's JSON holds beside its groups.

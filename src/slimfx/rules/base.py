@@ -84,13 +84,57 @@ class Rule:
         return None
 
 
-def meta_like(x: torch.Tensor, shape: tuple[int, ...] | None = None) -> torch.Tensor:
-    """An empty meta tensor of ``x``'s dtype (and memory format, when the shape is the same)
-    whose ``requires_grad`` is what an op on ``x`` with plain meta parameters gives."""
-    grad = torch.is_grad_enabled() and x.requires_grad
+def meta_like(
+    x: torch.Tensor, shape: tuple[int, ...] | None = None, *, requires_grad: bool | None = None
+) -> torch.Tensor:
+    """An empty meta tensor of ``x``'s dtype: of ``x``'s shape and strides, or of ``shape``
+    (contiguous).
+
+    ``requires_grad`` defaults to what an op on ``x`` with plain meta parameters gives.
+    Built with ``torch.empty_strided``: ``torch.empty_like`` on the meta device is a Python
+    decomposition, about 15 times slower, and shape propagation makes one for every
+    parameter it meets (``benchmarks/pass_time.py``).
+    """
+    if requires_grad is None:
+        requires_grad = torch.is_grad_enabled() and x.requires_grad
     if shape is None:
-        return torch.empty_like(x, device="meta", requires_grad=grad)
-    return torch.empty(shape, dtype=x.dtype, device="meta", requires_grad=grad)
+        size, stride = x.size(), x.stride()
+    else:
+        size, stride = shape, _contiguous_strides(shape)
+    return torch.empty_strided(
+        size, stride, dtype=x.dtype, device="meta", requires_grad=requires_grad
+    )
+
+
+def window_output(
+    size: int, kernel: int, stride: int, pad: int, dilation: int, ceil: bool = False
+) -> int:
+    """Output length of a sliding window (PyTorch's formula, ``ceil_mode`` included)."""
+    span = size + 2 * pad - dilation * (kernel - 1) - 1
+    out = (-(-span // stride) if ceil else span // stride) + 1
+    if ceil and (out - 1) * stride >= size + pad:
+        out -= 1  # the last window must start inside the input or its left padding
+    return out
+
+
+def int_tuple(value: Any, n: int) -> tuple[int, ...] | None:
+    """A layer setting (``3``, ``(3, 3)``, ``[3]``) as ``n`` ints, else ``None``."""
+    if isinstance(value, int):
+        return (value,) * n
+    if isinstance(value, tuple | list) and all(isinstance(v, int) for v in value):
+        if len(value) == n:
+            return tuple(value)
+        if len(value) == 1:
+            return (value[0],) * n
+    return None
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
 
 
 class Passthrough(Rule):

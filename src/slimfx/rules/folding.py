@@ -12,6 +12,8 @@ Sums run in the target dtype; a float64 rebuild (which verification uses) is exa
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -42,19 +44,20 @@ def gather(tensor: torch.Tensor, rows: np.ndarray | None, cols: np.ndarray | Non
     return out.index_select(1, _index(cols))
 
 
-def _fold_scales(fold: SinkFold, in_size: int, dtype: torch.dtype) -> torch.Tensor:
-    """``(carriers + 1, in)``: row ``k`` scales the inputs folded into carrier column ``k``,
-    the last row those folded into the bias."""
+def _fold_scales(fold: SinkFold, dtype: torch.dtype) -> torch.Tensor:
+    """``(carriers + 1, contributions)``: row ``k`` scales the pruned inputs folded into
+    carrier column ``k``, the last row those folded into the bias; column ``j`` is the
+    input ``fold.contrib[j]``."""
     columns = np.asarray(fold.carrier_columns, dtype=np.int64)
-    scales = np.zeros((len(columns) + 1, in_size))
+    scales = np.zeros((len(columns) + 1, len(fold.contrib)))
     direct = fold.partner < 0
     carried = np.flatnonzero(~direct)
     if len(carried):
         slot = np.searchsorted(columns, fold.partner[carried])  # carrier columns ascend
         if not np.array_equal(columns[np.minimum(slot, len(columns) - 1)], fold.partner[carried]):
             raise AssertionError("a pruned channel is paired with a column that is no carrier")
-        scales[slot, fold.contrib[carried]] = fold.value[carried] / fold.carrier_value[carried]
-    scales[-1, fold.contrib[direct]] = fold.value[direct]
+        scales[slot, carried] = fold.value[carried] / fold.carrier_value[carried]
+    scales[-1, direct] = fold.value[direct]
     return torch.from_numpy(scales).to(dtype)  # float64 ratios, rounded once
 
 
@@ -88,20 +91,26 @@ def fold_weights(
 
     Notes
     -----
-    All folded sums come from one product of the weight with a small matrix of scale
-    factors (one row per carrier, one for the bias), which reads the weight once and
-    allocates nothing the size of the layer.
+    All folded sums come from one product of the kept rows' weights on the pruned inputs
+    that carry a constant with a small matrix of scale factors (one row per carrier, one
+    for the bias): only those weights are read.
     """
     dtype = dtype or weight.dtype
     source = weight.detach().to(dtype)
-    new_weight = gather(source, rows, fold.kept).contiguous(memory_format=_memory_format(weight))
+    # a kernel-shaped weight's kept rows are copied once and both column sets taken from
+    # them; a 2-d weight's are taken from the source in one gather each (see gather)
+    flat = source.dim() == 2
+    kept_rows = source if flat or rows is None else gather(source, rows)
+    rows_left = rows if flat else None
+    new_weight = gather(kept_rows, rows_left, fold.kept)
+    new_weight = new_weight.contiguous(memory_format=_memory_format(weight))
     new_bias = None if bias is None else gather(bias, rows).to(dtype)
     if not fold.active:
         return new_weight, new_bias
-    scales = _fold_scales(fold, weight.shape[1], dtype)
-    sums = torch.matmul(scales, source.reshape(source.shape[0], source.shape[1], -1))
-    if rows is not None:
-        sums = sums[_index(rows)]  # (kept out, carriers + 1, kernel elements)
+    scales = _fold_scales(fold, dtype)
+    pruned = gather(kept_rows, rows_left, fold.contrib)  # (kept out, contributions, *kernel)
+    kernel = math.prod(weight.shape[2:])
+    sums = torch.matmul(scales, pruned.reshape(pruned.shape[0], pruned.shape[1], kernel))
     for k, column in enumerate(fold.carrier_columns.tolist()):
         new_weight[:, column] = sums[:, k].reshape(new_weight[:, column].shape)
     if (fold.partner < 0).any():

@@ -17,7 +17,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from slimfx.ir.values import PrunedValues
-from slimfx.rules.base import Passthrough, arg_value, first_input
+from slimfx.rules.base import (
+    Passthrough,
+    arg_value,
+    first_input,
+    int_tuple,
+    meta_like,
+    window_output,
+)
 from slimfx.rules.registry import register
 
 
@@ -39,6 +46,9 @@ class MaxPool(Passthrough):
     """Max pooling: constants stay, patterns become unknown."""
 
     name = "max-pool"
+
+    def meta_output(self, module, x):
+        return _pooled(module, x)
 
     def propagate(self, node, ctx):
         values = ctx.values(first_input(node))
@@ -81,6 +91,9 @@ class AvgPool(Passthrough):
 
     name = "avg-pool"
 
+    def meta_output(self, module, x):
+        return _pooled(module, x)
+
     def counts_padding(self, node, ctx) -> bool:
         if node.op == "call_module":
             pool = ctx.module(node)
@@ -120,3 +133,33 @@ class Pad(Passthrough):
         if fill != 0:
             return PrunedValues.unknown(len(values))
         return values.to_pattern(new)
+
+
+def _pooled(pool, x):
+    """A window pooling layer's output on the meta device, from its settings.
+
+    PyTorch's pooling meta kernels cost about 80 µs a call (``benchmarks/pass_time.py``);
+    adaptive pooling, returned indices and inputs a kernel would refuse run the kernel.
+    """
+    kernel_size = getattr(pool, "kernel_size", None)
+    if kernel_size is None or getattr(pool, "return_indices", False) or not x.is_contiguous():
+        return None
+    dims = {"1d": 1, "2d": 2, "3d": 3}.get(type(pool).__name__[-2:].lower())
+    if dims is None or x.dim() != dims + 2:
+        return None
+    kernel = int_tuple(kernel_size, dims)
+    stride = int_tuple(pool.stride if pool.stride else kernel_size, dims)
+    padding = int_tuple(pool.padding, dims)
+    dilation = int_tuple(getattr(pool, "dilation", 1), dims)
+    if None in (kernel, stride, padding, dilation):
+        return None
+    spatial = tuple(x.shape[2:])
+    if any(p > k // 2 for p, k in zip(padding, kernel, strict=True)) or any(
+        s < d * (k - 1) + 1 for s, k, d in zip(spatial, kernel, dilation, strict=True)
+    ):
+        return None  # PyTorch refuses these (or some kernels do): let it say so
+    out = [
+        window_output(s, k, st, p, d, pool.ceil_mode)
+        for s, k, st, p, d in zip(spatial, kernel, stride, padding, dilation, strict=True)
+    ]
+    return meta_like(x, (*x.shape[:2], *out)) if min(out) > 0 else None

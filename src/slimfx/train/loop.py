@@ -32,13 +32,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from slimfx.train import distributed
 from slimfx.data import epoch_loader
+from slimfx.files import ensure_output_dir
+from slimfx.train import distributed
+from slimfx.train.config import EpochResult, StepInfo, TrainConfig, TrainResult
 from slimfx.train.distributed import DistributedError
 from slimfx.train.evaluation import evaluate
-from slimfx.files import ensure_output_dir
 from slimfx.train.sparsity import SparsityRegularizer, unwrap
-from slimfx.train.config import EpochResult, StepInfo, TrainConfig, TrainResult
 from slimfx.train.state import (
     CHECKPOINT_NAME,
     ResumePoint,

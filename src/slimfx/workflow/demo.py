@@ -23,13 +23,13 @@ import torch
 
 from slimfx.counting import count_macs, count_params
 from slimfx.data import load_dataset
-from slimfx.train.evaluation import evaluate
 from slimfx.files import ensure_output_dir, write_text
 from slimfx.models import build_model
 from slimfx.passes.trace import trace
-from slimfx.workflow.plots import plot_training_curves
+from slimfx.train.evaluation import evaluate
 from slimfx.train.loop import EpochResult, TrainConfig, fit
 from slimfx.train.state import BEST_NAME
+from slimfx.workflow.plots import plot_training_curves
 from slimfx.workflow.prune import load_trained_model, prune_model
 
 logger = logging.getLogger(__name__)

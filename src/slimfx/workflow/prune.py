@@ -13,6 +13,8 @@ as the slim model, and written as the reference code writes it:
 
 from __future__ import annotations
 
+import copy
+import itertools
 import json
 import logging
 import os
@@ -27,9 +29,10 @@ from torch.utils.data import Dataset
 from slimfx.api import SlimResult, slim
 from slimfx.checkpoint import check_shapes, load_checkpoint, load_into
 from slimfx.errors import CheckpointError
-from slimfx.train.evaluation import evaluate
 from slimfx.files import OutputSet, ensure_output_dir
+from slimfx.ir.options import SlimOptions
 from slimfx.models import MODEL_BUILDERS, build_model
+from slimfx.train.evaluation import evaluate
 from slimfx.workflow.plots import plot_channels_kept, plot_gamma_distribution
 
 logger = logging.getLogger(__name__)
@@ -135,13 +138,14 @@ def model_for_checkpoint(
 
 
 def resolve_round_to(
-    round_to: int | str, model: nn.Module, example_inputs: Any, percent: float, **slim_options
+    round_to: int | str, model: nn.Module, example_inputs: Any, options: SlimOptions
 ) -> int:
-    """``round_to`` as an int; ``"auto"`` times candidates (:func:`slimfx.bench.round_to.auto_round_to`)."""
+    """``round_to`` as an int; ``"auto"`` times candidates
+    (:func:`slimfx.bench.round_to.auto_round_to`) slimmed with ``options``."""
     if round_to == "auto":
         from slimfx.bench.round_to import auto_round_to
 
-        return int(auto_round_to(model, example_inputs, percent, **slim_options))
+        return int(auto_round_to(model, example_inputs, options=options))
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise ValueError(f"--round-to must be a positive integer or 'auto', got {round_to!r}")
     return round_to
@@ -154,69 +158,86 @@ def bn_gammas(model: nn.Module, names: list[str]) -> dict[str, Any]:
 
 def prune_model(
     model: nn.Module,
+    options: SlimOptions | None = None,
     *,
-    percent: float = 0.5,
+    round_to: int | str | None = None,
     test_set: Dataset | None = None,
     save_dir: str | os.PathLike | None = None,
-    compensate: bool = True,
-    min_channels: int = 1,
-    round_to: int | str = 1,
     test_batch_size: int = 256,
     device: str | torch.device = "cpu",
     example_inputs: Any = None,
     test_original: bool = False,
     plots: bool = True,
+    **settings: Any,
 ) -> PruneOutcome:
     """Slim a trained model, test it, and write the reference code's files.
 
     Parameters
     ----------
     model : torch.nn.Module
-        The sparsity-trained model (not modified).
-    percent : float
-        Fraction of prunable channels to remove (``--percent``).
+        The sparsity-trained model. It is not modified: not moved, not switched to eval
+        mode (a model on another device is slimmed as a CPU copy).
+    options : SlimOptions, optional
+        How to slim (``--percent``, ``--min-channels``, ``--no-compensate`` …).
+    round_to : int or "auto", optional
+        Width multiple, overriding ``options.round_to``; ``"auto"`` measures the fastest
+        (:func:`resolve_round_to`).
     test_set : Dataset, optional
         Tests the masked and the slim model (and the original if ``test_original``).
     save_dir : path, optional
         Where ``prune.txt``, ``pruned.pth``, ``prune.json`` and the plots go.
-    compensate, min_channels
-        As in :func:`slimfx.slim`.
-    round_to : int or "auto"
-        Width multiple; ``"auto"`` measures the fastest (:func:`resolve_round_to`).
+    test_batch_size, device
+        Batch size and device of the tests.
     example_inputs : tensor, optional
         Defaults to two images of ``test_set`` (or random 3x32x32 inputs).
+    **settings
+        Single settings of :class:`slimfx.SlimOptions` by name (``percent=0.5``,
+        ``compensate=False`` …), overriding ``options``.
 
     Returns
     -------
     PruneOutcome
+        Its slim and masked models are on the CPU, in eval mode.
     """
-    model = model.cpu().eval()
+    options = SlimOptions.of(options, **settings)
+    source = _on_cpu(model)
     if example_inputs is None:
         example_inputs = (
             torch.stack([test_set[i][0] for i in range(min(2, len(test_set)))])
             if test_set is not None and len(test_set)
             else torch.randn(2, 3, 32, 32)
         )
-    options = {"min_channels": min_channels, "compensate": compensate}
-    round_to = resolve_round_to(round_to, model, example_inputs, percent, **options)
-    result = slim(model, example_inputs, percent, round_to=round_to, **options)
-    outcome = PruneOutcome(result=result, round_to=round_to)
+    chosen = resolve_round_to(
+        options.round_to if round_to is None else round_to, source, example_inputs, options
+    )
+    result = slim(source, example_inputs, options=options.replace(round_to=chosen))
+    result.module.eval()
+    result.reference.eval()
+    outcome = PruneOutcome(result=result, round_to=chosen)
     if test_set is not None:
         outcome.masked_accuracy = _test(result.reference, test_set, test_batch_size, device)
         outcome.slim_accuracy = _test(result.module, test_set, test_batch_size, device)
         if test_original:
-            outcome.original_accuracy = _test(model, test_set, test_batch_size, device)
+            outcome.original_accuracy = _test(source, test_set, test_batch_size, device)
     if save_dir is not None:
-        outcome.files = write_prune_files(outcome, model, ensure_output_dir(save_dir), plots)
+        outcome.files = write_prune_files(outcome, source, ensure_output_dir(save_dir), plots)
     return outcome
 
 
+def _on_cpu(model: nn.Module) -> nn.Module:
+    """``model`` itself when all its tensors are on the CPU, else a CPU copy of it."""
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    if all(t.device.type == "cpu" for t in tensors):
+        return model
+    return copy.deepcopy(model).cpu()
+
+
 def _test(module: nn.Module, data: Dataset, batch_size: int, device) -> float:
+    """Accuracy of ``module`` (left as it is: a copy is moved when ``device`` is not the CPU)."""
     device = torch.device(device)
-    try:
-        return evaluate(module.to(device), data, batch_size=batch_size, device=device)
-    finally:
-        module.cpu()
+    if device.type != "cpu":
+        module = copy.deepcopy(module).to(device)
+    return evaluate(module, data, batch_size=batch_size, device=device)
 
 
 def prune_text(outcome: PruneOutcome) -> str:

@@ -4,8 +4,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import slimfx
+from slimfx.rules.pooling import AvgPool, MaxPool
 from slimfx.testing import randomize_batchnorm
 
 
@@ -75,3 +78,39 @@ def test_max_pool_of_a_pattern_falls_back_to_zeroing():
         model.bn1.bias.abs_()
     res = slimfx.slim(model, torch.randn(1, 3, 8, 8), 0.5)
     assert res.plan.groups["conv1"].mode == "zero"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(["max", "avg"]),
+    dims=st.sampled_from([1, 2, 3]),
+    size=st.integers(1, 13),
+    kernel=st.integers(1, 5),
+    stride=st.one_of(st.none(), st.integers(1, 4)),
+    padding=st.integers(0, 2),
+    dilation=st.integers(1, 2),
+    ceil=st.booleans(),
+)
+def test_pooling_meta_output_is_the_shape_pytorch_returns(
+    kind, dims, size, kernel, stride, padding, dilation, ceil
+):
+    if kind == "max":
+        pool = [nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d][dims - 1](
+            kernel, stride, padding, dilation=dilation, ceil_mode=ceil
+        )
+        rule = MaxPool()
+    else:
+        pool = [nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d][dims - 1](
+            kernel, stride, padding, ceil_mode=ceil
+        )
+        rule = AvgPool()
+    shape = (1, 2, *([size] * dims))
+    computed = rule.meta_output(pool, torch.empty(shape, device="meta"))
+    try:
+        with torch.no_grad():
+            real = pool(torch.zeros(shape))
+    except RuntimeError:
+        assert computed is None
+        return
+    if computed is not None:  # None is allowed: PyTorch's kernel runs
+        assert computed.shape == real.shape

@@ -11,6 +11,7 @@ from slimfx.counting import count_macs
 REPO = Path(__file__).resolve().parents[2]
 BENCHMARKS = REPO / "benchmarks"
 
+
 @pytest.fixture
 def peer(monkeypatch):
     import torch_pruning  # noqa: F401  (the peer tool: installed with the test extra)

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from slimfx.errors import SlimfxError
 from slimfx.bench.round_to import auto_round_to, measure_round_to
+from slimfx.errors import SlimfxError
 
 FAST = {"backend": "ort-cpu", "batch": 2, "rounds": 3, "warmup": 1}
 

@@ -4,9 +4,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import slimfx
 from slimfx.models import VGG
+from slimfx.rules.conv import Conv
 from slimfx.testing import max_relative_error, randomize_batchnorm
 
 
@@ -222,3 +225,44 @@ def test_channels_last_model_slims_exactly_and_stays_channels_last():
     assert res.report.verification_error <= 1e-9
     convs = [m for m in res.module.modules() if isinstance(m, nn.Conv2d)]
     assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    dims=st.sampled_from([1, 2, 3]),
+    size=st.integers(1, 12),
+    kernel=st.integers(1, 5),
+    stride=st.integers(1, 3),
+    padding=st.integers(0, 3),
+    dilation=st.integers(1, 3),
+)
+def test_convolution_meta_output_is_the_shape_pytorch_returns(
+    dims, size, kernel, stride, padding, dilation
+):
+    """The rule's output on the meta device has the real output's shape, or is ``None``
+    (PyTorch's kernel runs) for an input the layer refuses."""
+    conv = [nn.Conv1d, nn.Conv2d, nn.Conv3d][dims - 1](
+        2, 3, kernel, stride=stride, padding=padding, dilation=dilation
+    )
+    shape = (2, 2, *([size] * dims))
+    computed = Conv().meta_output(conv, torch.empty(shape, device="meta"))
+    try:
+        with torch.no_grad():
+            real = conv(torch.zeros(shape))
+    except RuntimeError:
+        assert computed is None
+        return
+    assert computed is not None and computed.shape == real.shape
+    assert computed.stride() == real.stride() and computed.dtype == real.dtype
+
+
+@pytest.mark.parametrize(
+    ("conv", "shape"),
+    [
+        (nn.Conv2d(3, 5, 3), (1, 4, 8, 8)),  # wrong channel count
+        (nn.Conv2d(3, 5, 3), (3, 8, 8)),  # unbatched: left to PyTorch
+        (nn.Conv2d(3, 5, 5), (1, 3, 2, 2)),  # kernel larger than the input
+    ],
+)
+def test_inputs_a_convolution_refuses_are_left_to_pytorch(conv, shape):
+    assert Conv().meta_output(conv, torch.empty(shape, device="meta")) is None
