@@ -34,7 +34,7 @@ def build(name: str, checkpoint: str | None = None, seed: int = 0):
             raise ValueError("--checkpoint is only read for vgg19-cifar")
     else:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-    from slimfx.bench.latency import synthetic_scales
+    from slimfx.bench.models import synthetic_scales
 
     return synthetic_scales(model, seed).eval(), example
 

@@ -149,11 +149,12 @@ class AnalyzeContext(GraphReader):
                 return None
         return pairs
 
-    def add_scorer(self, node: fx.Node, layout: Layout) -> None:
+    def add_scorer(self, node: fx.Node, layout: Layout, module: str | None = None) -> None:
         """Register BatchNorm ``node`` as a scorer of every group its channels belong to."""
+        name = str(node.target) if module is None else module
         for gid in layout.group_ids():
             pos = np.flatnonzero(layout.group == gid)
-            self.scorers[gid].append(Scorer(str(node.target), layout.index[pos], pos, node.name))
+            self.scorers[gid].append(Scorer(name, layout.index[pos], pos, node.name))
 
     def add_sink(
         self,

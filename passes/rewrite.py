@@ -8,6 +8,9 @@ are deep-copied, sliced ones hold new tensors.
 Pruned channels' constants (:mod:`passes.constant_propagation`) are folded into every
 consumer — into its weights on the group's carrier channel, or into its bias — so the slim
 model computes exactly what the masked original computes.
+
+The file runs a little over 300 lines: the rewrite context (what a rule may ask while it
+emits its node) and the pass that drives it belong together.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from slimfx.ir.options import Mode
 from slimfx.ir.plan import SlimPlan
 from slimfx.ir.values import UNKNOWN, PrunedValues
 from slimfx.passes.constant_propagation import with_modes
+from slimfx.passes.refold import refold_batchnorms
 from slimfx.passes.shapes import tensor_metadata
 from slimfx.passes.trace import restore_containers
 from slimfx.passes.walk import GraphReader, fetch_attr, walk
@@ -178,15 +182,25 @@ class RewriteContext(GraphReader):
             name=node.name,
         )
 
-    def sliced_attr(self, attr_node: fx.Node, dim: int, positions: np.ndarray) -> fx.Node:
+    def sliced_attr(
+        self,
+        attr_node: fx.Node,
+        dim: int,
+        positions: np.ndarray,
+        fill: tuple[np.ndarray, float] | None = None,
+    ) -> fx.Node:
         """A ``get_attr`` node holding ``positions`` of the attribute along ``dim``.
 
-        The slice keeps the attribute's name when the op slicing it is its only user.
+        ``fill = (where, value)`` sets the slice's entries ``where`` (positions in the slice,
+        along ``dim``) to ``value``, as a BatchNorm's carrier channels are set. The slice
+        keeps the attribute's name when the op slicing it is its only user.
         """
         target = str(attr_node.target)
         value = fetch_attr(self.gm, target)
         index = torch.as_tensor(positions, dtype=torch.long)
         sliced = self.cast(value.detach().index_select(dim, index))
+        if fill is not None and len(fill[0]):
+            sliced.index_fill_(dim, torch.as_tensor(fill[0], dtype=torch.long), fill[1])
         if isinstance(value, torch.nn.Parameter):
             sliced = torch.nn.Parameter(sliced, requires_grad=value.requires_grad)
         name = target
@@ -248,6 +262,7 @@ def rewrite(
 
     with torch.no_grad():
         walk(cg.gm, ctx.modules, step, into=ctx.env)
+        refold_batchnorms(cg.gm, ctx.graph, ctx.env, ctx.new_modules, ctx.attrs, dtype)
     for node in list(ctx.graph.nodes):
         if node.op == "get_attr" and not node.users:
             ctx.graph.erase_node(node)
@@ -286,18 +301,25 @@ def _record_shapes(ctx: RewriteContext) -> None:
         meta = node.meta.get("tensor_meta")
         if meta is None:
             continue
-        layout = ctx.layouts.get(node.name)
-        if hasattr(meta, "shape"):
-            new.meta["tensor_meta"] = _resized(meta, layout, ctx)
-        elif isinstance(meta, tuple | list) and isinstance(layout, tuple):
-            new.meta["tensor_meta"] = type(meta)(
-                _resized(m, lay, ctx) for m, lay in zip(meta, layout, strict=True)
-            )
+        new.meta["tensor_meta"] = _resized_tree(meta, ctx.layouts.get(node.name), ctx)
     for new in ctx.graph.nodes:
         if new.op == "get_attr" and "tensor_meta" not in new.meta:
             value = ctx.attrs.get(str(new.target))
             if isinstance(value, torch.Tensor):
                 new.meta["tensor_meta"] = tensor_metadata(value)
+
+
+def _resized_tree(meta, layout, ctx: RewriteContext):
+    """:func:`_resized` through the tuples, lists and dicts of a recorded output."""
+    if hasattr(meta, "shape"):  # a TensorMetadata (itself a named tuple)
+        return _resized(meta, layout, ctx)
+    if isinstance(meta, tuple | list):
+        parts = layout if isinstance(layout, tuple) else (None,) * len(meta)
+        return type(meta)(_resized_tree(m, lay, ctx) for m, lay in zip(meta, parts, strict=True))
+    if isinstance(meta, dict):
+        parts = layout if isinstance(layout, dict) else {}
+        return {key: _resized_tree(m, parts.get(key), ctx) for key, m in meta.items()}
+    return meta
 
 
 def _resized(meta, layout, ctx: RewriteContext):

@@ -7,7 +7,7 @@ output (:meth:`slimfx.rules.base.Rule.meta_output`) is not run at all — and re
 output in ``node.meta["tensor_meta"]`` (a ``torch.fx.passes.shape_prop.TensorMetadata``,
 as ``ShapeProp`` records it). Should an op refuse meta tensors, or the input not fit, the
 graph runs for real instead (under ``torch.no_grad``, in eval mode, with copies of the
-buffers), which either records the shapes or fails with PyTorch's own message; that
+buffers and inputs), which either records the shapes or fails with PyTorch's own message; that
 failure becomes a :class:`slimfx.TraceError` naming the node and what the model's first
 layer takes.
 """
@@ -49,6 +49,16 @@ def tensor_metadata(tensor: torch.Tensor) -> TensorMetadata:
     )
 
 
+def _holds_tensor(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, list | tuple):
+        return any(_holds_tensor(v) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_tensor(v) for v in value.values())
+    return False
+
+
 class _NodeFailure(Exception):
     def __init__(self, node: fx.Node):
         super().__init__(node.format_node())
@@ -70,7 +80,7 @@ class _ShapeInterpreter(fx.Interpreter):
             raise _NodeFailure(n) from exc
         if isinstance(result, torch.Tensor):
             n.meta["tensor_meta"] = tensor_metadata(result)
-        elif isinstance(result, list | tuple) and any(isinstance(r, torch.Tensor) for r in result):
+        elif _holds_tensor(result):  # tuples, lists and dicts, nested
             n.meta["tensor_meta"] = map_aggregate(
                 result, lambda r: tensor_metadata(r) if isinstance(r, torch.Tensor) else r
             )
@@ -118,7 +128,7 @@ def propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> No
         logger.info("meta shape propagation failed (%s); running the graph for real", failure)
     try:
         with torch.no_grad(), eval_mode(gm):  # shapes do not depend on the mode; BN's batch does
-            _ShapeInterpreter(gm, on_meta=False).run(*inputs)
+            _ShapeInterpreter(gm, on_meta=False).run(*[t.clone() for t in inputs])
     except _NodeFailure as failure:
         node = failure.node
         wants = _expected_by(node, gm)

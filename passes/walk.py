@@ -21,6 +21,7 @@ import torch
 import torch.fx as fx
 
 import slimfx.rules  # noqa: F401  (registers every rule)
+from slimfx.errors import SlimfxError, UnsupportedError, first_line
 from slimfx.ir.layout import Layout
 from slimfx.rules.base import Rule, node_shape
 from slimfx.rules.graph_io import GetAttr, Output, Placeholder, PythonValue, Unknown
@@ -56,9 +57,24 @@ def walk(
 
     ``into`` is filled as the walk goes, so a step can read what the steps before it
     returned (the context of a pass holds the same dict).
+
+    Raises
+    ------
+    UnsupportedError
+        A step failed with an exception that is not a :class:`slimfx.SlimfxError`: it names
+        the node and the rule (the original exception is its cause).
     """
     for node in gm.graph.nodes:
-        into[node.name] = step(node, rule_of(node, modules))
+        rule = rule_of(node, modules)
+        try:
+            into[node.name] = step(node, rule)
+        except SlimfxError:
+            raise
+        except Exception as exc:  # a rule meeting a case it does not know: name the node
+            raise UnsupportedError(
+                f"the {rule.name} rule cannot handle node {node.format_node()} "
+                f"({type(exc).__name__}: {first_line(exc)})"
+            ) from exc
     return into
 
 

@@ -128,9 +128,15 @@ class SlimResult:
 
 
 def _bn_nodes(cg: ChannelGraph) -> dict[str, fx.Node]:
-    out = {}
+    """BatchNorm name → the node applying it, in graph order: the scorers' nodes (a module
+    call, or the ``F.batch_norm`` inside a BatchNorm subclass) and BatchNorm modules that
+    score nothing (non-affine)."""
+    scorer_of = {s.node: s.module for g in cg.groups for s in g.scorers}
+    out: dict[str, fx.Node] = {}
     for node in cg.gm.graph.nodes:
-        if node.op == "call_module" and is_batchnorm(cg.gm.get_submodule(str(node.target))):
+        if node.name in scorer_of:
+            out.setdefault(scorer_of[node.name], node)
+        elif node.op == "call_module" and is_batchnorm(cg.gm.get_submodule(str(node.target))):
             out.setdefault(str(node.target), node)
     return out
 

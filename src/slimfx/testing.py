@@ -90,3 +90,27 @@ def assert_matches_oracle(model: nn.Module, example_inputs, result) -> None:
     assert error <= FLOAT64_RTOL, f"float64 rebuild differs from the oracle by {error:.3g}"
     error = max_relative_error(result.module, oracle, example_inputs)
     assert error <= FLOAT32_RTOL, f"stored weights differ from the oracle by {error:.3g}"
+
+
+def model_snapshot(model: nn.Module) -> dict:
+    """Everything of ``model`` a function could change: state (copied), dtypes and devices,
+    training flags and attribute names of every submodule. Compare with
+    :func:`assert_model_unchanged`."""
+    return {
+        "state": {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()},
+        "dtypes": {k: (v.dtype, v.device) for k, v in model.state_dict().items()},
+        "training": {name: m.training for name, m in model.named_modules()},
+        "attributes": {name: sorted(vars(m)) for name, m in model.named_modules()},
+    }
+
+
+def assert_model_unchanged(model: nn.Module, snapshot: dict) -> None:
+    """Assert that ``model`` is bit for bit, flag for flag and attribute for attribute what
+    :func:`model_snapshot` recorded."""
+    after = model_snapshot(model)
+    assert after["dtypes"] == snapshot["dtypes"], "dtypes or devices changed"
+    assert after["state"].keys() == snapshot["state"].keys(), "state dict keys changed"
+    for key, value in snapshot["state"].items():
+        assert torch.equal(after["state"][key], value), f"{key} changed"
+    assert after["training"] == snapshot["training"], "training flags changed"
+    assert after["attributes"] == snapshot["attributes"], "attributes changed"

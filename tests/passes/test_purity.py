@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 import slimfx
-from slimfx.testing import randomize_batchnorm
+from slimfx.testing import assert_model_unchanged, model_snapshot, randomize_batchnorm
 
 X = torch.randn(2, 3, 16, 16)
 
@@ -32,25 +32,6 @@ class _Small(nn.Module):
         y = torch.relu(self.bn1(self.conv1(x)))
         y = torch.relu(self.bn2(self.conv2(y)) + y)
         return self.head(y.mean(dim=(2, 3)))
-
-
-def _snapshot(model: nn.Module) -> dict:
-    return {
-        "state": {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()},
-        "dtypes": {k: (v.dtype, v.device) for k, v in model.state_dict().items()},
-        "training": {name: m.training for name, m in model.named_modules()},
-        "attributes": {name: sorted(vars(m)) for name, m in model.named_modules()},
-    }
-
-
-def assert_unchanged(model: nn.Module, before: dict) -> None:
-    after = _snapshot(model)
-    assert after["dtypes"] == before["dtypes"]
-    assert after["state"].keys() == before["state"].keys()
-    for key, value in before["state"].items():
-        assert torch.equal(after["state"][key], value), f"{key} changed"
-    assert after["training"] == before["training"]
-    assert after["attributes"] == before["attributes"]
 
 
 @pytest.fixture(params=[torch.float32, torch.float64], ids=["float32", "float64"])
@@ -93,9 +74,9 @@ def _passes(model, x):
 
 @pytest.mark.parametrize("entry", list(ENTRY_POINTS))
 def test_the_input_model_is_never_modified(model, entry):
-    before = _snapshot(model)
+    before = model_snapshot(model)
     ENTRY_POINTS[entry](model, _inputs(model))
-    assert_unchanged(model, before)
+    assert_model_unchanged(model, before)
 
 
 def test_slimming_a_float64_model_keeps_its_pruned_gammas():

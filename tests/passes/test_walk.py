@@ -69,3 +69,33 @@ def test_the_reader_reads_modules_shapes_attributes_and_layouts():
     assert reader.layout(nodes["conv"]) is layout
     assert reader.layout("conv") is None  # names are not nodes
     assert reader.layout(nodes["x"]) is None  # not recorded
+
+
+def test_a_step_failing_names_the_node_and_the_rule():
+    """A rule meeting a case it does not know is a SlimfxError naming the node, not a bare
+    exception from deep inside the rule; SlimfxErrors pass unchanged."""
+    from slimfx.errors import PlanError, UnsupportedError
+
+    gm = _traced()
+
+    def step(node, rule):
+        if node.op == "call_module":
+            raise ValueError("operands could not be broadcast")
+        return None
+
+    try:
+        walk(gm, dict(gm.named_modules()), step, into={})
+    except UnsupportedError as exc:
+        assert "conv" in str(exc) and "call_module" in str(exc)
+        assert "ValueError: operands could not be broadcast" in str(exc)
+        assert isinstance(exc.__cause__, ValueError)
+    else:
+        raise AssertionError("the failure was not reported")
+
+    def planned_failure(node, rule):
+        raise PlanError("as it was")
+
+    try:
+        walk(gm, dict(gm.named_modules()), planned_failure, into={})
+    except PlanError as exc:
+        assert str(exc) == "as it was"

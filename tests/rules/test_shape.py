@@ -123,3 +123,30 @@ def test_spatial_crop_and_channel_slice(oracle_check):
     x = torch.randn(2, 3, 6, 6)
     res = slimfx.slim(model, x, 0.5)
     oracle_check(model, x, res)
+
+
+class _ScaledHeads(nn.Module):
+    """An attention-style block: a BatchNorm output reshaped into heads, times a Python
+    scalar, a softmax over tokens, and back."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 16, 1), nn.BatchNorm2d(16)
+        self.c2, self.b2 = nn.Conv2d(16, 16, 1), nn.BatchNorm2d(16)
+        self.proj = nn.Conv2d(16, 8, 1)
+        self.scale = 0.25
+
+    def forward(self, x):
+        x = torch.relu(self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
+        b, c, h, w = x.shape
+        q = x.reshape(b, 2, c // 2, h * w) * self.scale
+        return self.proj(q.softmax(-1).reshape(b, c, h, w))
+
+
+def test_a_scalar_times_heads_of_a_frozen_reshape(oracle_check):
+    model = randomize_batchnorm(_ScaledHeads(), seed=3).eval()
+    x = torch.randn(2, 3, 6, 6)
+    res = slimfx.slim(model, x, 0.3)
+    assert set(res.kept) == {"b1"}  # b2's channels go through the heads: frozen
+    assert any("reshape that moves the channel axis" in line for line in res.report.frozen)
+    oracle_check(model, x, res)

@@ -71,10 +71,10 @@ def half_written_torch_save(obj, path, *args, **kwargs):
 @pytest.mark.parametrize(
     ("target", "replacement", "status"),
     [
-        ("slimfx.workflow.prune.plot_channels_kept", ctrl_c, 130),  # the very last step
-        ("slimfx.workflow.prune.plot_gamma_distribution", disk_full, 2),
+        ("slimfx.workflow.prune_files.plot_channels_kept", ctrl_c, 130),  # the very last step
+        ("slimfx.workflow.prune_files.plot_gamma_distribution", disk_full, 2),
         ("slimfx.files.torch.save", half_written_torch_save, 2),  # pruned.pth itself
-        ("slimfx.workflow.prune.prune_text", ctrl_c, 130),  # before the first file
+        ("slimfx.workflow.prune_files.prune_text", ctrl_c, 130),  # before the first file
     ],
 )
 def test_a_failed_prune_leaves_the_earlier_outputs_intact(
@@ -103,13 +103,13 @@ def test_a_successful_prune_replaces_the_whole_set(checkpoints, earlier):
 KILL_DRIVER = textwrap.dedent(
     """
     import os, signal, sys
-    import slimfx.workflow.prune
+    import slimfx.workflow.prune_files
     from slimfx.cli import main
 
     def killed(*args, **kwargs):  # the process dies while drawing the last plot
         os.kill(os.getpid(), signal.SIGKILL)
 
-    slimfx.workflow.prune.plot_channels_kept = killed
+    slimfx.workflow.prune_files.plot_channels_kept = killed
     sys.exit(main(sys.argv[1:]))
     """
 )

@@ -15,6 +15,8 @@ How a measurement is made (:func:`measure_latency`):
 
 MACs are conv+linear multiply-accumulates per sample (:func:`slimfx.counting.count_macs`),
 so ``efficiency = speedup / MACs ratio`` says how much of the MACs reduction became latency.
+The models' sizes and :func:`synthetic_scales` live in :mod:`slimfx.bench.models`; the
+values of a report in :mod:`slimfx.bench.stats` and :mod:`slimfx.bench.report`.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ import numpy as np
 import torch
 
 from slimfx.bench.backends import machine_info, prepare_runners, resolve_backends
-from slimfx.bench.report import LatencyReport, LatencyRow, Measurement, ModelInfo, TimingStats
+from slimfx.bench.models import model_info, synthetic_scales
+from slimfx.bench.report import LatencyReport
+from slimfx.bench.stats import LatencyRow, Measurement, ModelInfo, TimingStats
 from slimfx.bench.timing import progress_bar, time_rounds, torch_threads
-from slimfx.counting import count_macs, count_params
 from slimfx.errors import SlimfxError, first_line
 from slimfx.export.onnx import as_input_tuple, eval_mode, resize_batch
 
@@ -89,7 +92,7 @@ def compare_latency(
     Returns
     -------
     LatencyReport
-        ``rows`` holds one :class:`~slimfx.bench.report.LatencyRow` per backend and batch.
+        ``rows`` holds one :class:`~slimfx.bench.stats.LatencyRow` per backend and batch.
 
     Examples
     --------
@@ -210,19 +213,6 @@ def measure_latency(
     )
 
 
-def model_info(name: str, module: torch.nn.Module, inputs: tuple) -> ModelInfo:
-    """Parameters and conv+linear MACs per sample of ``module`` (MACs ``None`` if untraceable)."""
-    from slimfx.passes.trace import trace
-
-    try:
-        with eval_mode(module):
-            macs = count_macs(trace(module, tuple(t.cpu() for t in inputs)))
-    except (SlimfxError, RuntimeError, TypeError) as exc:
-        logger.warning("cannot count the MACs of %s: %s", name, first_line(exc))
-        macs = None
-    return ModelInfo(name=name, params=count_params(module), macs=macs)
-
-
 def _rows(measurements: list[Measurement], infos: dict[str, ModelInfo], baseline: str):
     by_key = {(m.backend, m.batch, m.model): m for m in measurements}
     rows, warnings = [], []
@@ -278,24 +268,3 @@ def _check_settings(batches, rounds, warmup, threads, min_round_seconds) -> list
     if min_round_seconds < 0:
         raise ValueError(f"min_round_seconds must be >= 0, got {min_round_seconds}")
     return list(dict.fromkeys(batches))
-
-
-def synthetic_scales(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Give every BatchNorm seeded random statistics and scaling factors, in place.
-
-    For benchmarking without a sparsity-trained checkpoint: a fresh model's equal gammas make
-    the ranking degenerate, while |gamma| uniform in (0, 1) prunes every layer by about the
-    same fraction. Latency depends on the widths, not on the weight values.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                n = module.num_features
-                if module.affine:
-                    module.weight.copy_(torch.rand(n, generator=generator))
-                    module.bias.copy_((torch.rand(n, generator=generator) - 0.5) * 0.2)
-                if module.running_mean is not None:
-                    module.running_mean.copy_((torch.rand(n, generator=generator) - 0.5) * 0.2)
-                    module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-    return model

@@ -1,4 +1,9 @@
-"""Latency benchmark results as values: statistics, comparison rows, Markdown, JSON, plot."""
+"""A latency benchmark's results as one value, and its Markdown, JSON, table and plot.
+
+:class:`LatencyReport` holds what :func:`slimfx.bench.latency.measure_latency` measured; the
+values it collects (:class:`TimingStats`, :class:`Measurement`, :class:`ModelInfo`,
+:class:`LatencyRow`) are defined in :mod:`slimfx.bench.stats` and importable from here too.
+"""
 
 from __future__ import annotations
 
@@ -11,96 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from slimfx.bench.stats import LatencyRow, Measurement, ModelInfo, TimingStats
 from slimfx.files import OutputSet, atomic_path
 
-
-@dataclass(frozen=True)
-class TimingStats:
-    """Latency of one model on one backend at one batch size, over all rounds.
-
-    Attributes
-    ----------
-    median_ms, p90_ms, min_ms, max_ms : float
-        Per-call latency in milliseconds (one value per round: the mean of its calls).
-    rounds : int
-    calls_per_round : int
-    """
-
-    median_ms: float
-    p90_ms: float
-    min_ms: float
-    max_ms: float
-    rounds: int
-    calls_per_round: int
-
-    @classmethod
-    def from_seconds(cls, seconds, calls_per_round: int = 1) -> TimingStats:
-        ms = np.asarray(seconds, dtype=np.float64) * 1e3
-        if ms.size == 0:
-            raise ValueError("no timings")
-        return cls(
-            median_ms=float(np.median(ms)),
-            p90_ms=float(np.percentile(ms, 90)),
-            min_ms=float(ms.min()),
-            max_ms=float(ms.max()),
-            rounds=int(ms.size),
-            calls_per_round=int(calls_per_round),
-        )
-
-    @property
-    def spread_ms(self) -> float:
-        """``max - min``: how far the rounds scatter."""
-        return self.max_ms - self.min_ms
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """One model on one backend at one batch size: statistics and every round's latency."""
-
-    backend: str
-    batch: int
-    model: str
-    stats: TimingStats
-    rounds_ms: list[float] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """Size of a benchmarked model: parameters and conv+linear MACs per sample."""
-
-    name: str
-    params: int
-    macs: int | None
-
-
-@dataclass(frozen=True)
-class LatencyRow:
-    """One comparison: the candidate model ``model`` (``"slim"`` …) against the original.
-
-    ``speedup`` is the median of the per-round ratios original/candidate (rounds alternate
-    the models, so a ratio compares neighbours in time); ``speedup_min``/``speedup_max`` are
-    their extremes. ``efficiency`` = ``speedup / macs_ratio`` (1.0: latency falls as much as
-    MACs). ``noisy`` is true when the latency spread (max - min) of either model exceeds the
-    effect (the difference of the medians): the speedup is then not resolved.
-    """
-
-    backend: str
-    batch: int
-    model: str
-    original_median_ms: float
-    original_p90_ms: float
-    original_min_ms: float
-    original_max_ms: float
-    slim_median_ms: float
-    slim_p90_ms: float
-    slim_min_ms: float
-    slim_max_ms: float
-    speedup: float
-    speedup_min: float
-    speedup_max: float
-    macs_ratio: float | None
-    efficiency: float | None
-    noisy: bool
+__all__ = ["LatencyReport", "LatencyRow", "Measurement", "ModelInfo", "TimingStats"]
 
 
 @dataclass

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+__all__ = ["LatencyRow", "Measurement", "ModelInfo", "TimingStats"]
+
 
 @dataclass(frozen=True)
 class TimingStats:
@@ -32,6 +34,24 @@ class TimingStats:
 
     @classmethod
     def from_seconds(cls, seconds, calls_per_round: int = 1) -> TimingStats:
+        """Statistics of per-round latencies given in seconds.
+
+        Parameters
+        ----------
+        seconds : array_like of float
+            One per-call latency per round, in seconds.
+        calls_per_round : int
+            How many calls each round averaged.
+
+        Returns
+        -------
+        TimingStats
+
+        Raises
+        ------
+        ValueError
+            When ``seconds`` is empty.
+        """
         ms = np.asarray(seconds, dtype=np.float64) * 1e3
         if ms.size == 0:
             raise ValueError("no timings")
@@ -52,7 +72,18 @@ class TimingStats:
 
 @dataclass(frozen=True)
 class Measurement:
-    """One model on one backend at one batch size: statistics and every round's latency."""
+    """One model on one backend at one batch size: statistics and every round's latency.
+
+    Attributes
+    ----------
+    backend : str
+    batch : int
+    model : str
+        The model's display name.
+    stats : TimingStats
+    rounds_ms : list of float
+        Every round's per-call latency in milliseconds, in the order measured.
+    """
 
     backend: str
     batch: int
@@ -63,7 +94,15 @@ class Measurement:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Size of a benchmarked model: parameters and conv+linear MACs per sample."""
+    """Size of a benchmarked model: parameters and conv+linear MACs per sample.
+
+    Attributes
+    ----------
+    name : str
+    params : int
+    macs : int or None
+        ``None`` when the model could not be traced.
+    """
 
     name: str
     params: int
@@ -79,6 +118,22 @@ class LatencyRow:
     their extremes. ``efficiency`` = ``speedup / macs_ratio`` (1.0: latency falls as much as
     MACs). ``noisy`` is true when the latency spread (max - min) of either model exceeds the
     effect (the difference of the medians): the speedup is then not resolved.
+
+    Attributes
+    ----------
+    backend : str
+    batch : int
+    model : str
+        The candidate's display name.
+    original_median_ms, original_p90_ms, original_min_ms, original_max_ms : float
+        The baseline's statistics in milliseconds.
+    slim_median_ms, slim_p90_ms, slim_min_ms, slim_max_ms : float
+        The candidate's statistics in milliseconds.
+    speedup, speedup_min, speedup_max : float
+    macs_ratio : float or None
+        Baseline MACs over candidate MACs (``None`` when either is unknown).
+    efficiency : float or None
+    noisy : bool
     """
 
     backend: str

@@ -51,7 +51,8 @@ def _round_to(text: str) -> int | str:
 
 def run(args: argparse.Namespace) -> int:
     from slimfx.api import slim
-    from slimfx.bench.latency import compare_latency, synthetic_scales
+    from slimfx.bench.latency import compare_latency
+    from slimfx.bench.models import synthetic_scales
     from slimfx.bench.round_to import measure_round_to
 
     batches = _ints(args.batches)

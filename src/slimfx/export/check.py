@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from slimfx.errors import EquivalenceError, SlimfxError, first_line
-from slimfx.numerics import relative_error
+from slimfx.numerics import eval_mode, relative_error
 from slimfx.tolerances import ONNX_RTOL
 
 
@@ -42,6 +42,8 @@ def check_onnx(
     rtol: float = ONNX_RTOL,
 ) -> tuple[float, int, float, int]:
     """Validate an ONNX file and compare onnxruntime (CPU) with ``module``.
+
+    ``module`` runs in eval mode, as it was exported; its own mode is restored afterwards.
 
     Returns
     -------
@@ -80,7 +82,7 @@ def check_onnx(
         for arg, value in zip(session.get_inputs(), fresh, strict=True)
     }
     got = session.run(None, feed)
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(module):  # as exported; running stats stay untouched
         want = [t.detach().cpu().numpy() for t in flatten_outputs(module(*fresh))]
     if len(got) != len(want):
         raise EquivalenceError(

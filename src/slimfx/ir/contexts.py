@@ -73,8 +73,11 @@ class AnalysisContext(GraphView, Protocol):
     def couple(self, node: fx.Node, layouts: list[Layout]) -> None:
         """Tie layouts of equal length position by position (an elementwise op)."""
 
-    def add_scorer(self, node: fx.Node, layout: Layout) -> None:
-        """Register BatchNorm ``node`` as a scorer of every group its channels belong to."""
+    def add_scorer(self, node: fx.Node, layout: Layout, module: str | None = None) -> None:
+        """Register BatchNorm ``node`` as a scorer of every group its channels belong to.
+
+        ``module`` names the module holding its ``weight`` and ``bias`` (default: the
+        node's own module, for a ``call_module`` node)."""
 
     def add_sink(
         self, node: fx.Node, input_node: fx.Node, padded: bool, has_bias: bool, groups: int
@@ -174,5 +177,12 @@ class RewriteContext(GraphView, Protocol):
     def emit_function(self, node: fx.Node, fn: Any, args: tuple, kwargs: dict) -> fx.Node:
         """Emit ``fn(*args, **kwargs)`` in place of ``node``."""
 
-    def sliced_attr(self, attr_node: fx.Node, dim: int, positions: np.ndarray) -> fx.Node:
-        """A ``get_attr`` node holding ``positions`` of the attribute along ``dim``."""
+    def sliced_attr(
+        self,
+        attr_node: fx.Node,
+        dim: int,
+        positions: np.ndarray,
+        fill: tuple[np.ndarray, float] | None = None,
+    ) -> fx.Node:
+        """A ``get_attr`` node holding ``positions`` of the attribute along ``dim``, with
+        the entries ``fill[0]`` of the slice set to ``fill[1]``."""

@@ -49,8 +49,11 @@ class Conv(Rule):
     def meta_output(self, module, x):
         """From the settings: PyTorch's convolution meta kernel costs about 100 µs a call,
         a fifth of a CIFAR VGG-19's trace (``benchmarks/pass_time.py``). Unusual inputs
-        (unbatched, wrong channel count, too small, other dtypes) run the kernel."""
+        (unbatched, wrong channel count, too small, other dtypes) and padding modes other
+        than zeros (whose limits on the input size only the kernel checks) run the kernel."""
         dims = len(module.kernel_size)
+        if module.padding_mode != "zeros":
+            return None
         if x.dim() != dims + 2 or x.shape[1] != module.in_channels:
             return None
         if module.weight.dtype != x.dtype or not x.is_contiguous():

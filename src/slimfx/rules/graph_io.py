@@ -3,23 +3,34 @@ without a rule."""
 
 from __future__ import annotations
 
-import torch.fx as fx
+from typing import Any
 
 from slimfx.ir.layout import Layout
 from slimfx.ir.values import PrunedValues
 from slimfx.rules.base import Rule, node_shape
 
 
-def _untracked_like(node: fx.Node):
-    meta = node.meta.get("tensor_meta")
-    if meta is None:
-        return None
-    if not hasattr(meta, "shape") and isinstance(meta, tuple | list):
-        return tuple(
-            Layout.untracked(m.shape[1]) if hasattr(m, "shape") and len(m.shape) >= 2 else None
-            for m in meta
-        )
-    return Layout.untracked(meta.shape[1]) if len(meta.shape) >= 2 else None
+def untracked_like(meta: Any) -> Any:
+    """Untracked layouts in the shape of a node's recorded output: one per tensor with a
+    channel axis, in the same tuples, lists (as tuples) and dicts; ``None`` elsewhere."""
+    if hasattr(meta, "shape"):  # a TensorMetadata (itself a named tuple)
+        return Layout.untracked(meta.shape[1]) if len(meta.shape) >= 2 else None
+    if isinstance(meta, tuple | list):
+        return tuple(untracked_like(m) for m in meta)
+    if isinstance(meta, dict):
+        return {key: untracked_like(m) for key, m in meta.items()}
+    return None
+
+
+def unknown_like(layout: Any) -> Any:
+    """:meth:`PrunedValues.unknown` in the shape of ``layout`` (see :func:`untracked_like`)."""
+    if isinstance(layout, Layout):
+        return PrunedValues.unknown(len(layout))
+    if isinstance(layout, tuple):
+        return tuple(unknown_like(x) for x in layout)
+    if isinstance(layout, dict):
+        return {key: unknown_like(x) for key, x in layout.items()}
+    return None
 
 
 class Placeholder(Rule):
@@ -85,10 +96,7 @@ class Unknown(Rule):
         else:
             what = "no rule for op"
         ctx.unsupported(node, layouts, what)
-        return _untracked_like(node)
+        return untracked_like(node.meta.get("tensor_meta"))
 
     def propagate(self, node, ctx):
-        layout = ctx.output_layouts(node)
-        if isinstance(layout, tuple):
-            return tuple(PrunedValues.unknown(len(x)) if x is not None else None for x in layout)
-        return PrunedValues.unknown(len(layout)) if layout is not None else None
+        return unknown_like(ctx.output_layouts(node))

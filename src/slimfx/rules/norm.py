@@ -7,12 +7,16 @@ slim model a carrier channel is a BatchNorm channel with ``gamma = 0`` and ``bet
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
+import torch.fx as fx
 import torch.nn as nn
+import torch.nn.functional as F
 
 from slimfx.ir.values import PrunedValues
-from slimfx.rules.base import Passthrough, first_input, meta_like
+from slimfx.rules.base import Passthrough, arg_value, first_input, meta_like
 from slimfx.rules.registry import register
 from slimfx.rules.slicing import sliced_shell
 
@@ -96,3 +100,106 @@ class BatchNorm(Passthrough):
 
 #: BatchNorm state and its value at a carrier channel (gamma 0 and beta 1: it outputs 1).
 _CARRIER_STATE = (("weight", 0.0), ("bias", 1.0), ("running_mean", 0.0), ("running_var", 1.0))
+
+
+#: ``F.batch_norm``'s tensor arguments, by position.
+_FUNCTIONAL_TENSORS = ("input", "running_mean", "running_var", "weight", "bias")
+_FUNCTIONAL_SETTINGS = (("training", False), ("momentum", 0.1), ("eps", 1e-5))
+
+
+@register(F.batch_norm)
+class FunctionalBatchNorm(Passthrough):
+    """``F.batch_norm``, as a BatchNorm subclass with its own ``forward`` calls it (timm's
+    ``BatchNormAct2d``: BatchNorm, drop and activation in one module, traced through).
+
+    When its ``weight`` and ``bias`` are a module's ``weight`` and ``bias`` attributes, that
+    module is a scorer and gate like any BatchNorm; its tensors are sliced in the slim graph.
+    Statistics or scales computed in the graph cannot be sliced: their channels are frozen.
+    """
+
+    name = "batchnorm"
+
+    def tensors(self, node: fx.Node) -> dict[str, Any]:
+        return {
+            name: arg_value(node, position, name, None)
+            for position, name in enumerate(_FUNCTIONAL_TENSORS)
+        }
+
+    def owner(self, node: fx.Node) -> str | None:
+        """The module whose ``weight`` and ``bias`` this call uses, or ``None``."""
+        tensors = self.tensors(node)
+        weight, bias = tensors["weight"], tensors["bias"]
+        if not isinstance(weight, fx.Node) or weight.op != "get_attr":
+            return None
+        owner, _, name = str(weight.target).rpartition(".")
+        if name != "weight":
+            return None
+        expected_bias = f"{owner}.bias" if owner else "bias"
+        if bias is not None and (
+            not isinstance(bias, fx.Node) or bias.op != "get_attr" or bias.target != expected_bias
+        ):
+            return None
+        return owner
+
+    def analyze(self, node, ctx):
+        layout = super().analyze(node, ctx)
+        if layout is None:
+            return None
+        computed = self.computed(node)
+        if computed:
+            what = f"batch_norm with {', '.join(computed)} computed in the graph"
+            ctx.unsupported(node, [layout], what)
+            return layout
+        owner = self.owner(node)
+        if owner is not None:
+            ctx.add_scorer(node, layout, module=owner)
+        return layout
+
+    def computed(self, node: fx.Node) -> list[str]:
+        """The tensor arguments computed in the graph (not attributes): they cannot be sliced."""
+        return [
+            name
+            for name, value in self.tensors(node).items()
+            if name != "input"
+            and value is not None
+            and not (isinstance(value, fx.Node) and value.op == "get_attr")
+        ]
+
+    def propagate(self, node, ctx):
+        layout = ctx.layout(node)
+        if self.computed(node):
+            return PrunedValues.unknown(len(layout))
+        tensors = {
+            name: ctx.attr(value) if isinstance(value, fx.Node) else value
+            for name, value in self.tensors(node).items()
+            if name != "input"
+        }
+        if self.owner(node) is not None:
+            return ctx.gate_values(layout, tensors["bias"])
+        values = ctx.values(first_input(node))
+        if values is None or tensors["running_mean"] is None or tensors["running_var"] is None:
+            return PrunedValues.unknown(len(layout))
+        eps = float(arg_value(node, 7, "eps", 1e-5))
+        mean = tensors["running_mean"].detach().double().numpy()
+        std = torch.sqrt(tensors["running_var"].detach().double() + eps).numpy()
+        scale = 1.0 if tensors["weight"] is None else tensors["weight"].detach().double().numpy()
+        shift = 0.0 if tensors["bias"] is None else tensors["bias"].detach().double().numpy()
+        out = values.as_unknown_unless_exact()
+        value = (out.value - mean) / std * scale + shift
+        return PrunedValues(value, out.kind, out.pattern).normalized()
+
+    def rewrite(self, node, ctx):
+        kept = ctx.kept(node)
+        if kept is None or self.computed(node):  # the analysis froze computed tensors
+            return ctx.emit(node)
+        gated = self.owner(node) is not None
+        carriers = np.flatnonzero(ctx.carriers(node)) if gated else np.zeros(0, dtype=np.int64)
+        fills = dict(_CARRIER_STATE)
+        kwargs = {}
+        for name, value in self.tensors(node).items():
+            if name == "input" or value is None:
+                continue
+            kwargs[name] = ctx.sliced_attr(value, 0, kept, (carriers, fills[name]))
+        for position, (name, default) in enumerate(_FUNCTIONAL_SETTINGS, start=5):
+            kwargs[name] = arg_value(node, position, name, default)
+        return ctx.emit_function(node, F.batch_norm, (first_input(node),), kwargs)

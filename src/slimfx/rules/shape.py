@@ -79,11 +79,17 @@ class Reshape(Rule):
         return layout.expand(factor)
 
     def propagate(self, node, ctx):
-        values = ctx.values(first_input(node))
+        inp = first_input(node)
+        values = ctx.values(inp)
         layout = ctx.layout(node)
         if values is None or layout is None:
             return None
-        factor = len(layout) // len(values)
+        in_shape, out_shape = node_shape(inp), node_shape(node)
+        factor = (
+            None if in_shape is None or out_shape is None else _reshape_factor(in_shape, out_shape)
+        )
+        if factor is None:  # the channel axis moved: the analysis froze it
+            return PrunedValues.unknown(len(layout))
         if factor == 1:
             return values
         return values.as_unknown_unless_exact().repeat(factor)
@@ -155,7 +161,8 @@ class SpatialReduce(Rule):
 
 @register(operator.getitem)
 class GetItem(Rule):
-    """Indexing: an element of a tuple (after ``split``), or a slice of a tensor."""
+    """Indexing: an element of a tuple (after ``split``) or of a dict an op returned, or a
+    slice of a tensor."""
 
     name = "getitem"
 
@@ -164,6 +171,8 @@ class GetItem(Rule):
         packed = ctx.output_layouts(source) if isinstance(source, fx.Node) else None
         if isinstance(packed, tuple):
             return packed[index] if isinstance(index, int) else None
+        if isinstance(packed, dict):
+            return packed.get(index)
         layout = ctx.layout(source)
         if layout is None:
             return None
@@ -183,6 +192,8 @@ class GetItem(Rule):
         packed = ctx.output_values(source) if isinstance(source, fx.Node) else None
         if isinstance(packed, tuple):
             return packed[index]
+        if isinstance(packed, dict):
+            return packed.get(index)
         values = ctx.values(source)
         if values is None:
             return None

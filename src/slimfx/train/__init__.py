@@ -5,7 +5,15 @@ subgradient to any loop.
 """
 
 from slimfx.train.config import TrainConfig, TrainResult
+from slimfx.train.evaluation import evaluate
 from slimfx.train.loop import fit
 from slimfx.train.sparsity import SparsityRegularizer, prunable_batchnorms
 
-__all__ = ["SparsityRegularizer", "TrainConfig", "TrainResult", "fit", "prunable_batchnorms"]
+__all__ = [
+    "SparsityRegularizer",
+    "TrainConfig",
+    "TrainResult",
+    "evaluate",
+    "fit",
+    "prunable_batchnorms",
+]

@@ -7,17 +7,18 @@
 4. Export the original and the compensated slim model to ONNX (checked by onnxruntime) and
    time all three models (:mod:`slimfx.bench.latency`).
 5. Write a results table (Markdown and JSON) and plots, all under one folder.
+
+This module holds the settings (:class:`DemoConfig`) and the run (:func:`run_demo`); the
+results table and its text are :mod:`slimfx.workflow.demo_results`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 
@@ -29,10 +30,13 @@ from slimfx.passes.trace import trace
 from slimfx.train.evaluation import evaluate
 from slimfx.train.loop import EpochResult, TrainConfig, fit
 from slimfx.train.state import BEST_NAME
+from slimfx.workflow.demo_results import DemoResult, DemoRow, summary_lines
 from slimfx.workflow.plots import plot_training_curves
 from slimfx.workflow.prune import load_trained_model, prune_model
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["DemoConfig", "DemoResult", "DemoRow", "run_demo", "summary_lines"]
 
 MODES = {"compensate": True, "no-compensate": False}
 
@@ -55,64 +59,6 @@ class DemoConfig:
     bench: bool = True
     bench_rounds: int = 9
     progress: bool = False
-
-
-@dataclass
-class DemoRow:
-    """One line of the results table."""
-
-    step: str
-    compensation: str
-    accuracy: float
-    params: int
-    macs: int
-    latency_ms: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class DemoResult:
-    """What :func:`run_demo` measured and wrote."""
-
-    rows: list[DemoRow]
-    accuracy: dict[str, float]
-    seconds: dict[str, float]
-    files: dict[str, Path]
-    cfg: dict[str, list]
-    notes: list[str] = field(default_factory=list)
-
-    def to_markdown(self) -> str:
-        """The results table."""
-        batches = sorted({k for row in self.rows for k in row.latency_ms}, key=_batch_key)
-        head = ["step", "compensation", "test accuracy", "params", "MACs"]
-        head += [f"latency {k} (ms)" for k in batches]
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for r in self.rows:
-            cells = [
-                r.step,
-                r.compensation,
-                f"{100 * r.accuracy:.2f}%",
-                f"{r.params:,}",
-                f"{r.macs:,}",
-            ]
-            cells += [f"{r.latency_ms[k]:.2f}" if k in r.latency_ms else "-" for k in batches]
-            lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines)
-
-    def to_json(self) -> str:
-        data = {
-            "rows": [asdict(r) for r in self.rows],
-            "accuracy": self.accuracy,
-            "seconds": self.seconds,
-            "cfg": self.cfg,
-            "files": {k: str(v) for k, v in self.files.items()},
-            "notes": self.notes,
-        }
-        return json.dumps(data, indent=1)
-
-
-def _batch_key(name: str) -> tuple[str, int]:
-    backend, _, batch = name.rpartition(" b")
-    return backend, int(batch) if batch.isdigit() else 0
 
 
 def run_demo(
@@ -309,10 +255,3 @@ class _Demo:
         for m in report.measurements:
             if m.model in rows:
                 rows[m.model].latency_ms[f"{m.backend} b{m.batch}"] = m.stats.median_ms
-
-
-def summary_lines(result: DemoResult) -> list[str]:
-    """Short text around the table: timing, sparsity, files."""
-    total = result.seconds.get("total", 0.0)
-    parts = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items() if k != "total")
-    return [*result.notes, f"finished in {total:.0f} s ({parts})"]
