@@ -109,11 +109,12 @@ def run_torch_pruning(model, x) -> dict:
         }
 
 
-def torch_pruning_in_subprocess(name: str, timeout: float = 600) -> dict:
+def torch_pruning_in_subprocess(name: str, timeout: float = 600, script: str = __file__) -> dict:
     """Torch-Pruning on one model in its own process, with a memory cap and a time limit.
 
     Its dependency tracing can take all the memory on some models; a separate process keeps
-    such a failure a row of the table instead of the end of the run.
+    such a failure a row of the table instead of the end of the run. ``script`` is run with
+    ``--torch-pruning-probe NAME`` and prints the result as one JSON line.
     """
     limit = MEMORY_LIMIT_GB * 2**30
 
@@ -122,7 +123,7 @@ def torch_pruning_in_subprocess(name: str, timeout: float = 600) -> dict:
 
     try:
         proc = subprocess.run(
-            [sys.executable, __file__, "--torch-pruning-probe", name],
+            [sys.executable, script, "--torch-pruning-probe", name],
             capture_output=True,
             text=True,
             timeout=timeout,

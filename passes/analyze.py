@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import networkx as nx
@@ -43,9 +43,17 @@ class AnalyzeContext(GraphReader):
     """What rules see and do while the graph is analysed
     (:class:`slimfx.ir.contexts.AnalysisContext`)."""
 
-    def __init__(self, gm: fx.GraphModule, strict: bool):
+    def __init__(
+        self,
+        gm: fx.GraphModule,
+        strict: bool,
+        partitions: Mapping[str, list[np.ndarray]] | None = None,
+    ):
         super().__init__(gm, layouts={})
         self.strict = strict
+        self.partitions = dict(partitions or {})
+        self.origins: list[tuple[str, np.ndarray]] = []  # per group: its node, its channels
+        self.cuts: list[tuple[int, np.ndarray]] = []
         self.opaque = set(trace_notes(gm).opaque)
         self.graph = nx.Graph()
         self.group_names: list[str] = []
@@ -73,12 +81,43 @@ class AnalyzeContext(GraphReader):
 
     # -- building ----------------------------------------------------------------------
     def new_group(self, node: fx.Node, size: int) -> Layout:
-        """Start a group of ``size`` channels at ``node``'s output."""
-        gid = len(self.group_names)
-        self.group_names.append(node.name)
-        self.group_sizes.append(int(size))
-        self.graph.add_node(node.name, size=int(size), op=self._op_label(node))
-        return Layout.plain(gid, size)
+        """Start a group of ``size`` channels at ``node``'s output — or one group per part,
+        named ``node[k]``, where a split further on cuts it into parts (:meth:`cut`)."""
+        parts = self.partitions.get(node.name)
+        if not parts:
+            gid = len(self.group_names)
+            self.group_names.append(node.name)
+            self.group_sizes.append(int(size))
+            self.origins.append((node.name, np.arange(size)))
+            self.graph.add_node(node.name, size=int(size), op=self._op_label(node))
+            return Layout.plain(gid, size)
+        group = np.empty(size, dtype=np.int64)
+        index = np.empty(size, dtype=np.int64)
+        for k, part in enumerate(parts):
+            gid, name = len(self.group_names), f"{node.name}[{k}]"
+            self.group_names.append(name)
+            self.group_sizes.append(len(part))
+            self.origins.append((node.name, part))
+            self.graph.add_node(name, size=len(part), op=self._op_label(node))
+            group[part] = gid
+            index[part] = np.arange(len(part))
+        return Layout(group, index)
+
+    def cut(self, node: fx.Node, piece: Layout) -> None:
+        """A split takes ``piece`` out of the groups it holds part of.
+
+        Where it cuts a group, the group is frozen in this analysis and the cut recorded:
+        :func:`analyze` then analyses again with the group's channels divided into one
+        group per piece, each pruned on its own.
+        """
+        for gid in piece.group_ids():
+            channels = np.unique(piece.index[piece.group == gid])
+            if len(channels) == self.group_sizes[gid]:
+                continue
+            self.cuts.append((gid, channels))
+            reason = f"split through the middle of a channel group: {node.format_node()}"
+            if reason not in self.frozen[gid]:
+                self.frozen[gid].append(reason)
 
     def space(self, node: fx.Node, layout: Layout) -> None:
         """Record ``node``'s output as a member space of its layout's group, if plain."""
@@ -119,6 +158,8 @@ class AnalyzeContext(GraphReader):
                 return
             pairs = self._group_pairs(base, other)
             if pairs is None:
+                self._cut_to_match(base, other)
+                self._cut_to_match(other, base)
                 self.freeze(
                     layouts, f"channel layouts do not line up one to one at {node.format_node()}"
                 )
@@ -127,6 +168,28 @@ class AnalyzeContext(GraphReader):
                 self.graph.add_edge(
                     self.group_names[a], self.group_names[b], kind="identity", via=node.name
                 )
+
+    def _cut_to_match(self, a: Layout, b: Layout) -> None:
+        """Where one group of ``b`` meets several groups of ``a`` (a gate computed from a
+        whole group multiplies the concatenated pieces of a split), cut it where they
+        change, so that the next analysis ties piece to piece. Only for groups that ``b``
+        holds whole and in order, with ``a`` in order inside each piece."""
+        for gid in b.group_ids():
+            at = np.flatnonzero(b.group == gid)
+            if len(at) != self.group_sizes[gid] or not np.array_equal(
+                b.index[at], np.arange(len(at))
+            ):
+                continue
+            partners = np.unique(a.group[at])
+            if len(partners) < 2 or np.any(partners == UNTRACKED):
+                continue
+            for partner in partners:
+                here = at[a.group[at] == partner]
+                if not np.all(np.diff(a.index[here]) == 1):
+                    break
+            else:
+                for partner in partners:
+                    self.cuts.append((gid, b.index[at[a.group[at] == partner]]))
 
     def _group_pairs(self, a: Layout, b: Layout) -> set[tuple[int, int]] | None:
         same = (a.group == b.group) & (a.index == b.index)
@@ -206,19 +269,64 @@ def analyze(gm: fx.GraphModule, *, strict: bool = False) -> ChannelGraph:
     """
     if not any("tensor_meta" in n.meta for n in gm.graph.nodes):
         raise ValueError("analyze needs a GraphModule with shapes: use slimfx.trace()")
-    ctx = AnalyzeContext(gm, strict)
     shared = _shared_modules(gm)
+    partitions: dict[str, list[np.ndarray]] = {}
+    for _ in range(MAX_SPLIT_ROUNDS):
+        ctx = AnalyzeContext(gm, strict, partitions)
 
-    def step(node: fx.Node, rule: Rule) -> Any:
-        layout = rule.analyze(node, ctx)
-        if node.op == "call_module" and node.target in shared:
-            ctx.layouts[node.name] = layout
-            touched = ctx.layouts_in((node.args, node.kwargs)) + ctx.layouts_in([node])
-            ctx.freeze(touched, f"module {node.target} is called more than once (shared weights)")
-        return layout
+        def step(node: fx.Node, rule: Rule, ctx: AnalyzeContext = ctx) -> Any:
+            layout = rule.analyze(node, ctx)
+            if node.op == "call_module" and node.target in shared:
+                ctx.layouts[node.name] = layout
+                touched = ctx.layouts_in((node.args, node.kwargs)) + ctx.layouts_in([node])
+                reason = f"module {node.target} is called more than once (shared weights)"
+                ctx.freeze(touched, reason)
+            return layout
 
-    walk(gm, ctx.modules, step, into=ctx.layouts)
+        walk(gm, ctx.modules, step, into=ctx.layouts)
+        refined = _partitions(ctx)
+        if not ctx.cuts or _same_partitions(refined, partitions):
+            break
+        partitions = refined
     return _finish(ctx)
+
+
+#: Analyses at most this many times: each one divides the groups the last one saw split.
+MAX_SPLIT_ROUNDS = 4
+
+
+def _partitions(ctx: AnalyzeContext) -> dict[str, list[np.ndarray]]:
+    """The analysis' partitions, refined by its cuts.
+
+    Groups tied together (a residual add) share one channel numbering, so a cut of one is a
+    cut of all: every group of the component is divided by every cut made in it.
+    """
+    component = {}
+    for k, members in enumerate(nx.connected_components(ctx.graph)):
+        component.update(dict.fromkeys(members, k))
+    cuts: dict[int, list[np.ndarray]] = defaultdict(list)
+    for gid, channels in ctx.cuts:
+        cuts[component[ctx.group_names[gid]]].append(channels)
+    partitions = {name: list(parts) for name, parts in ctx.partitions.items()}
+    for gid, (origin, channels) in enumerate(ctx.origins):
+        sets = cuts.get(component[ctx.group_names[gid]])
+        if not sets:
+            continue
+        member = np.stack([np.isin(np.arange(len(channels)), s) for s in sets], axis=1)
+        _, first, labels = np.unique(member, axis=0, return_index=True, return_inverse=True)
+        pieces = [channels[labels.reshape(-1) == label] for label in np.argsort(first)]
+        current = partitions.get(origin, [channels])
+        at = next(k for k, part in enumerate(current) if np.array_equal(part, channels))
+        partitions[origin] = current[:at] + pieces + current[at + 1 :]
+    return partitions
+
+
+def _same_partitions(a: dict[str, list[np.ndarray]], b: dict[str, list[np.ndarray]]) -> bool:
+    return a.keys() == b.keys() and all(
+        len(a[k]) == len(b[k])
+        and all(np.array_equal(x, y) for x, y in zip(a[k], b[k], strict=True))
+        for k in a
+    )
 
 
 def _shared_modules(gm: fx.GraphModule) -> set[str]:

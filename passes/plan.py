@@ -50,6 +50,7 @@ from slimfx.ir.plan import GroupPlan, SlimPlan
 from slimfx.ir.values import EXACT, PATTERN, UNKNOWN
 from slimfx.numerics import float64_array
 from slimfx.passes.constant_propagation import with_modes
+from slimfx.passes.trace import trace_notes
 
 logger = logging.getLogger(__name__)
 
@@ -157,9 +158,19 @@ def plan(
         options = SlimOptions.of(None, percent=options, **settings)
     scored = [g for g in cg.groups if g.scorers]
     if not scored:
+        frozen_norms = trace_notes(cg.gm).frozen_batchnorms
+        hint = (
+            f"; its {len(frozen_norms)} norms ({frozen_norms[0]} …) are torchvision's "
+            "FrozenBatchNorm2d, with fixed scales that training does not change: build it "
+            "with norm_layer=torch.nn.BatchNorm2d (for a detection backbone, e.g. "
+            "resnet_fpn_backbone(..., norm_layer=torch.nn.BatchNorm2d)), sparsity-train it, "
+            "then slim it"
+            if frozen_norms
+            else ""
+        )
         raise UnsupportedError(
             "network slimming needs BatchNorm layers: the model has no BatchNorm whose "
-            "scaling factors govern prunable channels"
+            f"scaling factors govern prunable channels{hint}"
         )
     notes: list[str] = []
     frozen: dict[str, str] = {}

@@ -20,10 +20,12 @@ does); it never modifies them.
 from __future__ import annotations
 
 import copy
+import inspect
 import itertools
 import logging
 import os
 import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,8 +34,9 @@ import torch.fx as fx
 
 import slimfx.rules  # noqa: F401  (registers the rules that decide leaves)
 from slimfx.errors import TraceError
-from slimfx.numerics import as_input_tuple
+from slimfx.numerics import as_input_tuple, attributes_kept
 from slimfx.passes.shapes import propagate_shapes
+from slimfx.rules.norm import frozen_batchnorms
 from slimfx.rules.registry import module_rule
 
 logger = logging.getLogger(__name__)
@@ -53,10 +56,14 @@ class TraceNotes:
         Qualified name of each submodule kept as an opaque leaf → why it could not be traced.
     inlined : list of str
         Modules constructed inside ``forward`` that were traced into their functional form.
+    frozen_batchnorms : list of str
+        torchvision ``FrozenBatchNorm2d`` modules of the model (fixed scales: they rank
+        nothing; named when nothing else can be pruned).
     """
 
     opaque: dict[str, str] = field(default_factory=dict)
     inlined: list[str] = field(default_factory=list)
+    frozen_batchnorms: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         out = [f"opaque leaf {name}: {why}" for name, why in self.opaque.items()]
@@ -83,14 +90,23 @@ def _user_frame(exc: BaseException) -> str:
 class SlimTracer(fx.Tracer):
     """A symbolic tracer that survives untraceable submodules (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, leaf_modules: tuple[str, ...] = (), leaf_types: tuple[type, ...] = ()
+    ) -> None:
         super().__init__()
         self.notes = TraceNotes()
         self._opaque_ids: set[int] = set()
+        self.leaf_modules = set(leaf_modules)
+        self.leaf_types = tuple(leaf_types)
 
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
-        """torch.nn modules, modules with a slimfx rule, and opaque leaves."""
+        """torch.nn modules, modules with a slimfx rule, opaque leaves, and the modules the
+        caller marked as leaves (which count as opaque: their channels are frozen)."""
         if id(m) in self._opaque_ids or module_rule(m) is not None:
+            return True
+        if module_qualified_name in self.leaf_modules or isinstance(m, self.leaf_types):
+            if module_qualified_name not in self.notes.opaque:
+                self.notes.opaque[module_qualified_name] = "marked as a leaf by the caller"
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
@@ -119,6 +135,19 @@ class SlimTracer(fx.Tracer):
             logger.warning("keeping %s as an opaque leaf (%s)", qualname, reason)
             return super().call_module(m, forward, args, kwargs)
 
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _PieceProxy(node, self)
+
+    def iter(self, obj):
+        """Iterate the pieces of a ``chunk`` or ``split`` (``a, b = x.chunk(2, 1)``,
+        ``list(x.split([8, 8], 1))``): the call gives their number. Anything else cannot be
+        iterated symbolically. A chunk count the tensor cannot give (fewer channels than
+        chunks) fails when the shapes are propagated, naming the node."""
+        count = _piece_count(obj.node)
+        if count is None:
+            return super().iter(obj)
+        return iter([obj[i] for i in range(count)])
+
     def _call_unregistered(self, m, forward, args, kwargs):
         state = list(m.parameters()) + list(m.buffers())
         if state:
@@ -136,7 +165,39 @@ class SlimTracer(fx.Tracer):
             self.graph.erase_node(node)
 
 
-def trace(model: torch.nn.Module, example_inputs: Any) -> fx.GraphModule:
+class _PieceProxy(fx.Proxy):
+    """A proxy whose ``len()`` is known for the pieces of a ``chunk``/``split``
+    (``list(x.chunk(2, 1))`` asks for it)."""
+
+    def __len__(self) -> int:
+        count = _piece_count(self.node)
+        return super().__len__() if count is None else count
+
+
+_CHUNK = (torch.chunk, "chunk", torch.Tensor.chunk)
+_SPLIT = (torch.split, "split", torch.Tensor.split)
+
+
+def _piece_count(node: fx.Node) -> int | None:
+    """How many tensors a ``chunk``/``split`` node returns, when its arguments say it."""
+    if node.op not in ("call_function", "call_method"):
+        return None
+    if node.target in _CHUNK:
+        chunks = node.args[1] if len(node.args) > 1 else node.kwargs.get("chunks")
+        return chunks if isinstance(chunks, int) and not isinstance(chunks, bool) else None
+    if node.target in _SPLIT:
+        sizes = node.args[1] if len(node.args) > 1 else node.kwargs.get("split_size_or_sections")
+        return len(sizes) if isinstance(sizes, list | tuple) else None
+    return None
+
+
+def trace(
+    model: torch.nn.Module,
+    example_inputs: Any,
+    *,
+    leaf_modules: Iterable[str] = (),
+    leaf_types: Iterable[type] = (),
+) -> fx.GraphModule:
     """Trace ``model`` into a GraphModule whose nodes carry their output shapes.
 
     Parameters
@@ -145,6 +206,9 @@ def trace(model: torch.nn.Module, example_inputs: Any) -> fx.GraphModule:
         The model; it is not modified.
     example_inputs : torch.Tensor or tuple of torch.Tensor
         Inputs of the shape the model will be used with.
+    leaf_modules, leaf_types
+        Submodules (by qualified name) and module classes to keep as opaque leaves: called
+        as a whole, their channels frozen. A name that is no submodule is an error.
 
     Returns
     -------
@@ -168,19 +232,38 @@ def trace(model: torch.nn.Module, example_inputs: Any) -> fx.GraphModule:
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inputs = as_input_tuple(example_inputs)
-    tracer = SlimTracer()
+    leaf_modules, leaf_types = tuple(leaf_modules), tuple(leaf_types)
+    names = {name for name, _ in model.named_modules()}
+    unknown = [name for name in leaf_modules if name not in names]
+    if unknown:
+        raise ValueError(f"leaf_modules: {type(model).__name__} has no submodule {unknown[0]!r}")
+    tracer = SlimTracer(leaf_modules, leaf_types)
+    with attributes_kept(model):
+        return _trace(model, inputs, tracer)
+
+
+def _trace(model: torch.nn.Module, inputs: tuple, tracer: SlimTracer) -> fx.GraphModule:
+    root = _with_fixed_arguments(model, len(inputs))
     try:
-        graph = tracer.trace(model)
+        graph = tracer.trace(root)
     except TraceError:
         raise
     except Exception as exc:
+        backbone = getattr(model, "backbone", None)
+        hint = (
+            f" {type(model).__name__} has a backbone: slim model.backbone (a CNN that traces) "
+            "and put it back, as torchvision's detection models need."
+            if isinstance(backbone, torch.nn.Module)
+            else ""
+        )
         raise TraceError(
             f"cannot trace {type(model).__name__}.forward: {str(exc).splitlines()[0]} "
             f"at {_user_frame(exc)}. Data-dependent control flow in the model's own forward "
-            "cannot be slimmed; move it into a submodule or make it static."
+            f"cannot be slimmed; move it into a submodule or make it static.{hint}"
         ) from exc
-    gm = fx.GraphModule(model, graph, class_name=type(model).__name__)
+    gm = fx.GraphModule(root, graph, class_name=type(model).__name__)
     restore_containers(gm, model)
+    tracer.notes.frozen_batchnorms = frozen_batchnorms(model)
     gm.meta["slimfx_trace_notes"] = tracer.notes
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != len(inputs):
@@ -190,6 +273,30 @@ def trace(model: torch.nn.Module, example_inputs: Any) -> fx.GraphModule:
         )
     propagate_shapes(gm, inputs)
     return gm
+
+
+def _with_fixed_arguments(model: torch.nn.Module, count: int) -> torch.nn.Module:
+    """``model`` itself, or — when its ``forward`` takes ``*args`` or ``**kwargs`` (as
+    Ultralytics' ``DetectionModel.forward(self, x, *args, **kwargs)`` does) — a shallow copy
+    sharing its submodules, whose ``forward`` takes exactly the ``count`` example inputs and
+    passes them on. Symbolic tracing cannot expand ``*args``; the example fixes them."""
+    forward = type(model).forward
+    parameters = list(inspect.signature(forward).parameters.values())[1:]
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    if not any(p.kind in variadic for p in parameters):
+        return model
+    named = [p.name for p in parameters if p.kind not in variadic][:count]
+    names = named + [f"input_{k}" for k in range(len(named), count)]
+    arguments = ", ".join(names)
+    namespace: dict[str, Any] = {"original_forward": forward}
+    exec(  # a def with exactly these parameters: fx reads a function's own signature
+        f"def forward(self, {arguments}):\n    return original_forward(self, {arguments})\n",
+        namespace,
+    )
+    fixed = type(type(model).__name__, (type(model),), {"forward": namespace["forward"]})
+    shim = copy.copy(model)
+    shim.__class__ = fixed
+    return shim
 
 
 def restore_containers(slim: fx.GraphModule, original: torch.nn.Module) -> None:

@@ -21,7 +21,7 @@ from slimfx.errors import EquivalenceError
 from slimfx.ir.channel_graph import ChannelGraph
 from slimfx.ir.options import Mode
 from slimfx.ir.plan import SlimPlan
-from slimfx.numerics import as_input_tuple, eval_mode, relative_error
+from slimfx.numerics import as_input_tuple, attributes_kept, eval_mode, relative_error
 from slimfx.tolerances import FLOAT64_RTOL
 
 
@@ -96,7 +96,7 @@ def random_inputs(example_inputs: Any, seed: int, dtype=torch.float64) -> tuple:
 def run_float64(module: torch.nn.Module, inputs: tuple, state: dict | None = None) -> Any:
     """``module(*inputs)`` with every floating parameter and buffer in float64."""
     state = _state(module, torch.float64) if state is None else state
-    with torch.no_grad(), eval_mode(module):
+    with torch.no_grad(), eval_mode(module), attributes_kept(module):
         return torch.func.functional_call(module, state, inputs)
 
 

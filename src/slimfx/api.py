@@ -42,7 +42,8 @@ def slim(
         Every setting of the slimming (see :class:`slimfx.SlimOptions`).
     **settings
         Single settings of :class:`SlimOptions` by name (``min_channels``, ``round_to``,
-        ``compensate``, ``verify``, ``group_score``, ``strict``), overriding ``options``.
+        ``compensate``, ``verify``, ``group_score``, ``strict``, ``leaf_modules``,
+        ``leaf_types``), overriding ``options``.
 
     Returns
     -------
@@ -71,7 +72,12 @@ def slim(
         settings["percent"] = percent
     options = SlimOptions.of(options, **settings)
     verify = options.verify
-    gm = trace(model, example_inputs)
+    gm = trace(
+        model,
+        example_inputs,
+        leaf_modules=options.leaf_modules,
+        leaf_types=options.leaf_types,
+    )
     if verify:  # NaN compares unequal to everything: name the tensors before verifying
         check_finite_weights(model)
     cg = analyze(gm, strict=options.strict)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -41,6 +42,42 @@ def eval_mode(*modules: torch.nn.Module) -> Iterator[None]:
     finally:
         for m, training in saved:
             m.training = training
+
+
+@contextlib.contextmanager
+def attributes_kept(model: torch.nn.Module) -> Iterator[None]:
+    """Undo what running ``forward`` writes into the model's plain attributes.
+
+    Some models cache values in plain attributes as they run (timm's LeViT and
+    EfficientFormer keep ``attention_bias_cache``, a dict keyed by device): tracing would
+    leave an fx ``Proxy`` or a meta tensor there, and a verification run a float64 tensor.
+    Every module's plain attributes — and the contents of its dicts, lists and sets — are
+    put back as they were (parameters, buffers and submodules are not covered: the passes
+    never write them).
+    """
+    saved = []
+    for module in model.modules():
+        state = {k: v for k, v in vars(module).items() if k not in _MODULE_TABLES}
+        contents = {k: copy.copy(v) for k, v in state.items() if isinstance(v, dict | list | set)}
+        saved.append((module, state, contents))
+    try:
+        yield
+    finally:
+        for module, state, contents in saved:
+            for key in [k for k in vars(module) if k not in state and k not in _MODULE_TABLES]:
+                delattr(module, key)
+            for key, value in state.items():
+                module.__dict__[key] = value
+                if key in contents:  # the same container, with its contents as they were
+                    value.clear()
+                    if isinstance(value, list):
+                        value.extend(contents[key])
+                    else:
+                        value.update(contents[key])
+
+
+#: The tables of ``nn.Module.__dict__`` that hold parameters, buffers, submodules, hooks.
+_MODULE_TABLES = frozenset(vars(torch.nn.Module()))
 
 
 #: Tensor dtypes numpy reads directly (others are converted by torch first).

@@ -14,7 +14,17 @@ from slimfx.ir.options import GROUP_SCORES
 from slimfx.models import VGG
 from slimfx.testing import randomize_batchnorm
 
-FIELDS = ("percent", "min_channels", "round_to", "compensate", "group_score", "strict", "verify")
+FIELDS = (
+    "percent",
+    "min_channels",
+    "round_to",
+    "compensate",
+    "group_score",
+    "strict",
+    "verify",
+    "leaf_modules",
+    "leaf_types",
+)
 
 
 # --- validation -----------------------------------------------------------------------------
@@ -91,6 +101,8 @@ def test_defaults():
         "group_score": "mean",
         "strict": False,
         "verify": True,
+        "leaf_modules": (),
+        "leaf_types": (),
     }
 
 
@@ -113,6 +125,8 @@ def test_numpy_numbers_become_python_numbers():
         "group_score": str,
         "strict": bool,
         "verify": bool,
+        "leaf_modules": tuple,
+        "leaf_types": tuple,
     }
     assert values["percent"] == 0.25  # exact in float32
     assert (values["min_channels"], values["round_to"]) == (3, 8)

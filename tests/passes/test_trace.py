@@ -184,3 +184,132 @@ def test_recorded_shapes_are_what_shape_prop_records_on_real_inputs(make, size):
             assert (got is None) == (want is None), a.name
             continue
         assert [getattr(got, f) for f in fields] == [getattr(want, f) for f in fields], a.name
+
+
+class _Pieces(nn.Module):
+    def __init__(self, how):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1)
+        self.how = how
+
+    def forward(self, x):
+        y = self.conv(x)
+        if self.how == "list-chunk":
+            pieces = list(y.chunk(2, 1))
+        elif self.how == "unpack-split":
+            a, b = y.split([3, 5], 1)
+            pieces = [b, a]
+        else:
+            pieces = list(y.split(4, 1))  # the count depends on the channel count
+        return torch.cat(pieces, 1)
+
+
+@pytest.mark.parametrize("how", ["list-chunk", "unpack-split"])
+def test_the_pieces_of_a_chunk_or_split_can_be_iterated(how):
+    model = _Pieces(how)
+    x = torch.randn(1, 3, 4, 4)
+    gm = slimfx.trace(model, x)
+    assert torch.equal(gm(x), model(x))
+
+
+def test_pieces_whose_number_depends_on_the_shape_cannot_be_iterated():
+    with pytest.raises(slimfx.TraceError, match="cannot be iterated"):
+        slimfx.trace(_Pieces("split-by-size"), torch.randn(1, 3, 4, 4))
+
+
+class _Caching(nn.Module):
+    """Caches a per-device tensor in a plain dict as it runs (timm's attention_bias_cache)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.bn = nn.BatchNorm2d(4)
+        self.head = nn.Conv2d(4, 2, 1)
+        self.cache = {}
+        self.calls = []
+
+    def forward(self, x):
+        key = str(x.device)
+        if key not in self.cache:
+            self.cache[key] = torch.full((1, 4, 1, 1), 2.0)
+        self.calls.append(1)
+        return self.head(torch.relu(self.bn(self.conv(x))) * self.cache[key])
+
+
+def test_tracing_leaves_caches_in_plain_attributes_as_they_were():
+    model = randomize_batchnorm(_Caching(), seed=0).eval()
+    x = torch.randn(2, 3, 5, 5)
+    slimfx.trace(model, x)
+    assert model.cache == {} and model.calls == []
+    first = slimfx.slim(model, x, 0.5)  # and a second slim on the same model works
+    second = slimfx.slim(model, x, 0.5)
+    assert first.kept == second.kept
+    assert second.report.verification_error <= 1e-9
+    assert model.cache == {} and model.calls == []
+
+
+class _VariadicForward(nn.Module):
+    """``forward(self, x, *args, **kwargs)`` as Ultralytics' DetectionModel writes it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.head = nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x, *args, **kwargs):
+        return self.predict(x, *args, **kwargs)
+
+    def predict(self, x, profile=False, augment=False):
+        if augment:
+            return x
+        return self.head(torch.relu(self.bn(self.conv(x))))
+
+
+def test_a_variadic_forward_is_traced_with_the_given_inputs(oracle_check):
+    model = randomize_batchnorm(_VariadicForward(), seed=1).eval()
+    x = torch.randn(2, 3, 5, 5)
+    gm = slimfx.trace(model, x)
+    assert [n.name for n in gm.graph.nodes if n.op == "placeholder"] == ["x"]
+    assert type(gm).__name__ == "_VariadicForward" and type(model) is _VariadicForward
+    res = slimfx.slim(model, x, 0.5)
+    assert res.report.verification_error <= 1e-9
+    oracle_check(model, x, res)
+
+
+def test_leaf_modules_and_leaf_types_are_kept_whole_and_frozen(oracle_check):
+    model = randomize_batchnorm(torchvision.models.resnet18(), seed=2).eval()
+    x = torch.randn(1, 3, 32, 32)
+    by_name = slimfx.slim(model, x, 0.3, leaf_modules=["layer2.0"])
+    assert "0" in by_name.module.layer2._modules
+    assert type(by_name.module.layer2[0]).__name__ == "BasicBlock"
+    assert any("layer2.0" in line and "marked as a leaf" in line for line in by_name.report.notes)
+    assert "layer2.0.bn1" not in by_name.kept and "layer1.0.bn1" in by_name.kept
+    oracle_check(model, x, by_name)
+    block = type(model.layer1[0])  # every block a leaf: every group touches one
+    with pytest.raises(slimfx.UnsupportedError, match="opaque leaf"):
+        slimfx.slim(model, x, 0.3, leaf_types=[block])
+    with pytest.raises(ValueError, match="no submodule 'layer9'"):
+        slimfx.trace(model, x, leaf_modules=["layer9"])
+    with pytest.raises(ValueError, match="leaf_types"):
+        slimfx.SlimOptions(leaf_types=[int])
+
+
+def test_detection_models_are_told_to_slim_their_backbone():
+    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn
+
+    model = fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None).eval()
+    with pytest.raises(slimfx.TraceError, match=r"slim model\.backbone"):
+        slimfx.trace(model, torch.randn(1, 3, 64, 64))
+
+
+def test_frozen_batchnorm_backbones_say_what_to_do():
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    frozen = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5)
+    x = torch.randn(1, 3, 64, 64)
+    with pytest.raises(slimfx.UnsupportedError, match=r"FrozenBatchNorm2d.*norm_layer"):
+        slimfx.slim(frozen.eval(), x)
+    trainable = resnet_fpn_backbone(
+        backbone_name="resnet18", weights=None, trainable_layers=5, norm_layer=nn.BatchNorm2d
+    )
+    res = slimfx.slim(randomize_batchnorm(trainable, seed=3).eval(), x, 0.3)
+    assert res.report.verification_error <= 1e-9 and len(res.kept) == 20

@@ -1,5 +1,6 @@
 """Rule family: elementwise binary ops, per-channel constants, concatenation, split."""
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -137,7 +138,7 @@ def test_concat_keeps_one_group_per_input_with_offsets(oracle_check):
         oracle_check(model, x, res)
 
 
-def test_split_into_whole_groups_and_through_a_group():
+def test_split_into_whole_groups_and_through_a_group(oracle_check):
     class Split(nn.Module):
         def __init__(self):
             super().__init__()
@@ -150,5 +151,66 @@ def test_split_into_whole_groups_and_through_a_group():
             a, b = torch.split(y, [3, 5], dim=1)
             return self.fc(torch.cat([b, a], dim=1).mean((2, 3)))
 
-    cg = slimfx.analyze(slimfx.trace(Split(), torch.randn(1, 3, 4, 4)))
-    assert "split through the middle" in " ".join(cg.group_of("conv").frozen)
+    model = randomize_batchnorm(Split(), seed=1).eval()
+    x = torch.randn(2, 3, 4, 4)
+    cg = slimfx.analyze(slimfx.trace(model, x))
+    pieces = [g for g in cg.groups if g.name.startswith("conv[")]
+    assert [(g.name, g.size, g.prunable) for g in pieces] == [
+        ("conv[0]", 3, True),
+        ("conv[1]", 5, True),
+    ]
+    res = slimfx.slim(model, x, 0.5)
+    assert res.module.conv.out_channels == res.report.layers[0].width < 8
+    oracle_check(model, x, res)
+
+
+def _cbs(cin, cout, k=1):
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.SiLU()
+    )
+
+
+class _CrossStage(nn.Module):
+    """A cross-stage block as YOLO's C2f writes it: ``list(x.chunk(2, 1))``, the last
+    piece through a residual bottleneck, every piece concatenated."""
+
+    def __init__(self, c=8):
+        super().__init__()
+        self.cv1 = _cbs(3, 2 * c)
+        self.m = nn.Sequential(_cbs(c, c, 3), _cbs(c, c, 3))
+        self.cv2 = _cbs(3 * c, 4)
+
+    def forward(self, x):
+        y = list(self.cv1(x).chunk(2, 1))
+        y.append(self.m(y[-1]) + y[-1])
+        return self.cv2(torch.cat(y, 1))
+
+
+class _MixedKernels(nn.Module):
+    """MixNet's mixed depthwise kernels: the pieces of a split take different convolutions."""
+
+    def __init__(self):
+        super().__init__()
+        self.cv1 = _cbs(3, 12)
+        self.k3 = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.k5 = nn.Conv2d(8, 8, 5, padding=2, groups=8)
+        self.bn = nn.BatchNorm2d(12)
+        self.out = _cbs(12, 6)
+
+    def forward(self, x):
+        a, b = torch.split(self.cv1(x), [4, 8], dim=1)
+        return self.out(torch.relu(self.bn(torch.cat([self.k3(a), self.k5(b)], 1))))
+
+
+@pytest.mark.parametrize("block", [_CrossStage, _MixedKernels])
+@pytest.mark.parametrize("compensate", [True, False], ids=["compensate", "zero"])
+def test_each_piece_of_a_split_is_pruned_on_its_own(block, compensate, oracle_check):
+    model = randomize_batchnorm(block(), seed=2).eval()
+    x = torch.randn(2, 3, 8, 8)
+    res = slimfx.slim(model, x, 0.4, compensate=compensate)
+    assert not any("split" in why for why in res.report.frozen)
+    widths = [n.args[1] for n in res.module.graph.nodes if n.target is torch.functional.split]
+    assert len(widths) == 1 and sum(widths[0]) == res.module.cv1[0].out_channels < 16
+    oracle_check(model, x, res)
+    exact = slimfx.slim(model.double(), x.double(), 0.4, compensate=compensate)
+    assert exact.report.verification_error <= 1e-9

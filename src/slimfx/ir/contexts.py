@@ -70,6 +70,10 @@ class AnalysisContext(GraphView, Protocol):
     def unsupported(self, node: fx.Node, layouts: list[Layout], what: str) -> None:
         """An op the analysis cannot see through: freeze, or raise in strict mode."""
 
+    def cut(self, node: fx.Node, piece: Layout) -> None:
+        """A split takes ``piece`` out of its groups: each group it cuts is divided into
+        one group per piece (by analysing again)."""
+
     def couple(self, node: fx.Node, layouts: list[Layout]) -> None:
         """Tie layouts of equal length position by position (an elementwise op)."""
 

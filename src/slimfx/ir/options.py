@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 GROUP_SCORES = ("mean", "sum", "max")
 
@@ -64,6 +65,11 @@ class SlimOptions:
     verify : bool
         Check the slim model against its masked original in float64 (used by
         :func:`slimfx.slim`; the passes ignore it).
+    leaf_modules : tuple of str
+        Qualified names of submodules to keep as opaque leaves of the trace (code you know
+        does not trace): they are called as a whole and the channels they touch are frozen.
+    leaf_types : tuple of type
+        Module classes kept as opaque leaves wherever they occur.
 
     Raises
     ------
@@ -83,6 +89,8 @@ class SlimOptions:
     group_score: str = "mean"
     strict: bool = False
     verify: bool = True
+    leaf_modules: tuple[str, ...] = ()
+    leaf_types: tuple[type, ...] = ()
 
     def __post_init__(self) -> None:
         percent = self.percent
@@ -98,6 +106,16 @@ class SlimOptions:
             value = getattr(self, name)
             if not isinstance(value, bool | np.bool_):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
+        names = (self.leaf_modules,) if isinstance(self.leaf_modules, str) else self.leaf_modules
+        names = tuple(names)
+        if not all(isinstance(n, str) for n in names):
+            raise ValueError(f"leaf_modules must be module names, got {self.leaf_modules!r}")
+        types = (self.leaf_types,) if isinstance(self.leaf_types, type) else self.leaf_types
+        types = tuple(types)
+        if not all(isinstance(t, type) and issubclass(t, torch.nn.Module) for t in types):
+            raise ValueError(f"leaf_types must be nn.Module classes, got {self.leaf_types!r}")
+        object.__setattr__(self, "leaf_modules", names)
+        object.__setattr__(self, "leaf_types", types)
         if self.group_score not in GROUP_SCORES:
             raise ValueError(f"group_score must be one of {GROUP_SCORES}, got {self.group_score!r}")
         object.__setattr__(self, "percent", float(percent))

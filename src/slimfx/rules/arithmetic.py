@@ -235,12 +235,7 @@ class Split(Rule):
         bounds = np.cumsum([0, *sizes])
         pieces = [layout.slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
         for piece in pieces:
-            for gid in piece.group_ids():
-                if np.count_nonzero(layout.group == gid) != np.count_nonzero(piece.group == gid):
-                    ctx.freeze(
-                        [piece],
-                        f"split through the middle of a channel group: {node.format_node()}",
-                    )
+            ctx.cut(node, piece)  # a group split into pieces becomes one group per piece
         return tuple(pieces)
 
     def propagate(self, node, ctx):

@@ -26,6 +26,17 @@ def is_batchnorm(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.batchnorm._BatchNorm)
 
 
+def frozen_batchnorms(model: nn.Module) -> list[str]:
+    """Names of torchvision's ``FrozenBatchNorm2d`` modules in ``model``: BatchNorms with
+    fixed scales and statistics (buffers, not parameters), as detection backbones are built;
+    they cannot be sparsity-trained, so they rank nothing."""
+    try:
+        from torchvision.ops import FrozenBatchNorm2d
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        return []
+    return [name for name, m in model.named_modules() if isinstance(m, FrozenBatchNorm2d)]
+
+
 #: The ranks each BatchNorm class takes.
 _RANKS = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,)}
 

@@ -182,7 +182,9 @@ class GetItem(Rule):
             return layout
         if kind == "channel":
             sl = index[1]
-            return layout.slice(*sl.indices(len(layout))[:2])
+            piece = layout.slice(*sl.indices(len(layout))[:2])
+            ctx.cut(node, piece)  # a slice of a group becomes a group of its own
+            return piece
         ctx.unsupported(node, [layout], "indexing across the channel or batch axis")
         out = node_shape(node)
         return Layout.untracked(out[1]) if out and len(out) >= 2 else None
