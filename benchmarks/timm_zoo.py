@@ -11,11 +11,12 @@ input (64x64, or the size it is fixed to), and:
 - the share of its BatchNorms that are pruned (not frozen), with the reason for every model
   below one half;
 - Torch-Pruning's ``BNScalePruner`` (raw |gamma|, global, 30%) on the same model in its own
-  process, in the same run.
+  process, in the same run, with :data:`TP_TIMEOUT_S` seconds per model.
 
 Writes ``results/timm_zoo.{json,md}`` and prints the table.
 
-Usage: ``python benchmarks/timm_zoo.py [--models resnet10t ...] [--no-torch-pruning]``
+Usage: ``python benchmarks/timm_zoo.py [--models resnet10t ...] [--no-torch-pruning]
+[--torch-pruning-from results/timm_zoo.json]``
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ except ImportError:
     tp = None
 
 DEFAULT_SIZE = 64
+#: Torch-Pruning gets this long per model (in its own process, memory capped); no result
+#: by then counts as a failure. slimfx's own target is 10 s.
+TP_TIMEOUT_S = 60
 RESULTS = Path(__file__).resolve().parent / "results"
 PRUNED_MODES = {"compensate", "zero"}
 
@@ -155,6 +159,10 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--reselect", action="store_true", help="choose the models again")
     parser.add_argument("--no-torch-pruning", action="store_true")
+    parser.add_argument(
+        "--torch-pruning-from",
+        help="take Torch-Pruning's results from an earlier timm_zoo.json instead of running it",
+    )
     parser.add_argument("--torch-pruning-probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -163,14 +171,21 @@ def main() -> None:
         print(json.dumps(run_torch_pruning(model, x)))
         return
     names = args.models or select_models(Path(args.out) / "timm_models.json", args.reselect)
+    earlier = {}
+    if args.torch_pruning_from:
+        for row in json.loads(Path(args.torch_pruning_from).read_text()):
+            if "torch_pruning" in row:
+                earlier[row["model"]] = row["torch_pruning"]
     rows = []
     for name in names:
         model, x = build(name)
         row = {"model": name, "input": x.shape[-1], "ours": run_ours(model, x)}
         del model
         gc.collect()
-        if tp is not None and not args.no_torch_pruning:
-            row["torch_pruning"] = torch_pruning_in_subprocess(name, 300, __file__)
+        if name in earlier:
+            row["torch_pruning"] = earlier[name]
+        elif tp is not None and not args.no_torch_pruning:
+            row["torch_pruning"] = torch_pruning_in_subprocess(name, TP_TIMEOUT_S, __file__)
         rows.append(row)
         ours, theirs = row["ours"], row.get("torch_pruning", {})
         print(

@@ -15,6 +15,9 @@ Frozen — kept whole — are the groups that touch
 4. a coupling whose channel layouts do not line up one to one.
 
 The pass reads shapes only, never weights.
+
+The file runs to about 340 lines: its context is the one place where layouts are built,
+tied, frozen and cut, and reads best whole; dividing cut groups is :mod:`passes.partition`.
 """
 
 from __future__ import annotations
@@ -32,6 +35,12 @@ import torch.fx as fx
 from slimfx.errors import UnsupportedError
 from slimfx.ir.channel_graph import ChannelGraph, ChannelGroup, Scorer, Sink
 from slimfx.ir.layout import UNTRACKED, Layout
+from slimfx.passes.partition import (
+    MAX_SPLIT_ROUNDS,
+    matching_cuts,
+    refined_partitions,
+    same_partitions,
+)
 from slimfx.passes.trace import trace_notes
 from slimfx.passes.walk import GraphReader, walk
 from slimfx.rules.base import Rule
@@ -158,8 +167,8 @@ class AnalyzeContext(GraphReader):
                 return
             pairs = self._group_pairs(base, other)
             if pairs is None:
-                self._cut_to_match(base, other)
-                self._cut_to_match(other, base)
+                self.cuts += matching_cuts(base, other, self.group_sizes)
+                self.cuts += matching_cuts(other, base, self.group_sizes)
                 self.freeze(
                     layouts, f"channel layouts do not line up one to one at {node.format_node()}"
                 )
@@ -168,28 +177,6 @@ class AnalyzeContext(GraphReader):
                 self.graph.add_edge(
                     self.group_names[a], self.group_names[b], kind="identity", via=node.name
                 )
-
-    def _cut_to_match(self, a: Layout, b: Layout) -> None:
-        """Where one group of ``b`` meets several groups of ``a`` (a gate computed from a
-        whole group multiplies the concatenated pieces of a split), cut it where they
-        change, so that the next analysis ties piece to piece. Only for groups that ``b``
-        holds whole and in order, with ``a`` in order inside each piece."""
-        for gid in b.group_ids():
-            at = np.flatnonzero(b.group == gid)
-            if len(at) != self.group_sizes[gid] or not np.array_equal(
-                b.index[at], np.arange(len(at))
-            ):
-                continue
-            partners = np.unique(a.group[at])
-            if len(partners) < 2 or np.any(partners == UNTRACKED):
-                continue
-            for partner in partners:
-                here = at[a.group[at] == partner]
-                if not np.all(np.diff(a.index[here]) == 1):
-                    break
-            else:
-                for partner in partners:
-                    self.cuts.append((gid, b.index[at[a.group[at] == partner]]))
 
     def _group_pairs(self, a: Layout, b: Layout) -> set[tuple[int, int]] | None:
         same = (a.group == b.group) & (a.index == b.index)
@@ -284,49 +271,13 @@ def analyze(gm: fx.GraphModule, *, strict: bool = False) -> ChannelGraph:
             return layout
 
         walk(gm, ctx.modules, step, into=ctx.layouts)
-        refined = _partitions(ctx)
-        if not ctx.cuts or _same_partitions(refined, partitions):
+        refined = refined_partitions(
+            ctx.graph, ctx.group_names, ctx.origins, ctx.cuts, ctx.partitions
+        )
+        if not ctx.cuts or same_partitions(refined, partitions):
             break
         partitions = refined
     return _finish(ctx)
-
-
-#: Analyses at most this many times: each one divides the groups the last one saw split.
-MAX_SPLIT_ROUNDS = 4
-
-
-def _partitions(ctx: AnalyzeContext) -> dict[str, list[np.ndarray]]:
-    """The analysis' partitions, refined by its cuts.
-
-    Groups tied together (a residual add) share one channel numbering, so a cut of one is a
-    cut of all: every group of the component is divided by every cut made in it.
-    """
-    component = {}
-    for k, members in enumerate(nx.connected_components(ctx.graph)):
-        component.update(dict.fromkeys(members, k))
-    cuts: dict[int, list[np.ndarray]] = defaultdict(list)
-    for gid, channels in ctx.cuts:
-        cuts[component[ctx.group_names[gid]]].append(channels)
-    partitions = {name: list(parts) for name, parts in ctx.partitions.items()}
-    for gid, (origin, channels) in enumerate(ctx.origins):
-        sets = cuts.get(component[ctx.group_names[gid]])
-        if not sets:
-            continue
-        member = np.stack([np.isin(np.arange(len(channels)), s) for s in sets], axis=1)
-        _, first, labels = np.unique(member, axis=0, return_index=True, return_inverse=True)
-        pieces = [channels[labels.reshape(-1) == label] for label in np.argsort(first)]
-        current = partitions.get(origin, [channels])
-        at = next(k for k, part in enumerate(current) if np.array_equal(part, channels))
-        partitions[origin] = current[:at] + pieces + current[at + 1 :]
-    return partitions
-
-
-def _same_partitions(a: dict[str, list[np.ndarray]], b: dict[str, list[np.ndarray]]) -> bool:
-    return a.keys() == b.keys() and all(
-        len(a[k]) == len(b[k])
-        and all(np.array_equal(x, y) for x, y in zip(a[k], b[k], strict=True))
-        for k in a
-    )
 
 
 def _shared_modules(gm: fx.GraphModule) -> set[str]:

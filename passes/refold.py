@@ -1,17 +1,20 @@
-"""Part of the rewrite pass: BatchNorm subclasses traced through become modules again.
+"""Part of the rewrite pass: BatchNorm and Linear subclasses traced through become modules
+again.
 
 A BatchNorm subclass with its own ``forward`` (timm's ``BatchNormAct2d``: BatchNorm, drop
-and activation in one module) is traced through: its ``F.batch_norm`` call and the layers
-after it are nodes of the graph, which the analysis and the constant propagation read
-like any other. Left like that, the slim model would hold the ``training`` flag the model
-had when it was traced, and the module would disappear from ``print(slim)``.
+and activation in one module) or a Linear subclass (timm's ``Linear``) is traced through:
+its ``F.batch_norm`` or ``F.linear`` call and the layers after it are nodes of the graph,
+which the analysis and the constant propagation read like any other. Left like that, the
+slim model would hold the ``training`` flag the model had when it was traced, and the
+module would disappear from ``print(slim)``.
 
 :func:`refold_batchnorms` puts each such region of the slim graph back into one
 ``call_module`` of a copy of the original module: its class and settings, its sliced
-tensors (from the slim ``F.batch_norm``), ``num_features`` the kept count, and its children
-as the rewrite sliced them. So the slim model trains, evaluates and prints as the original.
-A region that does not have that form (several inputs or outputs, tensors of other
-modules, more than one ``F.batch_norm``) stays inlined, which is exact too.
+tensors (from the slim functional call), its sizes (``num_features``, ``in_features`` …)
+the kept counts, and its children as the rewrite sliced them. So the slim model trains,
+evaluates and prints as the original. A region that does not have that form (several
+inputs or outputs, tensors of other modules, more than one such call) stays inlined,
+which is exact too.
 """
 
 from __future__ import annotations
@@ -28,7 +31,12 @@ from slimfx.rules.norm import is_batchnorm
 
 logger = logging.getLogger(__name__)
 
-_TENSORS = ("weight", "bias", "running_mean", "running_var")
+#: The functional op of each module kind, and the size attributes its tensors give:
+#: attribute → the (tensor, dimension) pairs that hold it, first present wins.
+_SIZES = {
+    F.batch_norm: {"num_features": (("weight", 0), ("running_mean", 0))},
+    F.linear: {"out_features": (("weight", 0),), "in_features": (("weight", 1),)},
+}
 
 
 def refold_batchnorms(
@@ -75,7 +83,8 @@ def refold_batchnorms(
 
 
 def _regions(gm: fx.GraphModule) -> dict[str, list[fx.Node]]:
-    """Nodes traced inside each BatchNorm subclass (innermost such module), in graph order."""
+    """Nodes traced inside each BatchNorm or Linear subclass (innermost such module), in graph
+    order."""
     regions: dict[str, list[fx.Node]] = {}
     for node in gm.graph.nodes:
         stack = node.meta.get("nn_module_stack", {})
@@ -86,7 +95,7 @@ def _regions(gm: fx.GraphModule) -> dict[str, list[fx.Node]]:
                 module = gm.get_submodule(path)
             except AttributeError:
                 continue
-            if is_batchnorm(module):
+            if is_batchnorm(module) or isinstance(module, torch.nn.Linear):
                 regions.setdefault(path, []).append(node)
                 break
     return regions
@@ -101,9 +110,10 @@ def _qualified(key: str, value: Any) -> str:
 
 def _refold(path, module, nodes, env, new_modules, attrs, dtype) -> tuple[Any, fx.Node] | None:
     """(the slim input node, the region's output node) and the new module registered in
-    ``new_modules``; ``None`` when the region is not one BatchNorm call and its tail."""
+    ``new_modules``; ``None`` when the region is not one call of the module's functional
+    op (``F.batch_norm``, ``F.linear``) and its tail."""
     inside = set(nodes)
-    own = {f"{path}.{name}" for name in (*_TENSORS, "num_batches_tracked")}
+    own = {f"{path}.{name}" for name in (*module._parameters, *module._buffers)}
     inputs: list[fx.Node] = []
     for node in nodes:
         if node.op == "get_attr" and str(node.target) not in own:
@@ -114,20 +124,15 @@ def _refold(path, module, nodes, env, new_modules, attrs, dtype) -> tuple[Any, f
             if arg not in inside and arg not in inputs:
                 inputs.append(arg)
     outputs = [n for n in nodes if any(user not in inside for user in n.users)]
-    norms = [n for n in nodes if n.op == "call_function" and n.target is F.batch_norm]
-    if len(inputs) != 1 or len(outputs) != 1 or len(norms) != 1:
+    calls = [n for n in nodes if n.op == "call_function" and n.target in _SIZES]
+    if len(inputs) != 1 or len(outputs) != 1 or len(calls) != 1:
         return None
-    slim_norm = env.get(norms[0].name)
-    if slim_norm is None or slim_norm.target is not F.batch_norm:
+    call, slim_call = calls[0], env.get(calls[0].name)
+    if slim_call is None or slim_call.target is not call.target:
         return None
-    tensors = {}
-    for name in _TENSORS:
-        arg = slim_norm.kwargs.get(name)
-        if arg is None:
-            continue
-        if not isinstance(arg, fx.Node) or str(arg.target) not in attrs:
-            return None
-        tensors[name] = attrs[str(arg.target)]
+    tensors = _sliced_tensors(path, call, slim_call, attrs)
+    if tensors is None:
+        return None
     new = copy.copy(module)
     new.__dict__ = dict(module.__dict__)
     new._parameters = {
@@ -137,8 +142,10 @@ def _refold(path, module, nodes, env, new_modules, attrs, dtype) -> tuple[Any, f
         name: tensors.get(name, _copied(value, dtype)) for name, value in module._buffers.items()
     }
     new._modules = {}
-    width = next(iter(tensors.values())).shape[0] if tensors else module.num_features
-    new.num_features = int(width)
+    for attribute, holders in _SIZES[call.target].items():
+        size = next((tensors[t].shape[d] for t, d in holders if t in tensors), None)
+        if size is not None:
+            setattr(new, attribute, int(size))
     for name, child in module._modules.items():
         qualified = f"{path}.{name}"
         copied = new_modules.pop(qualified, None)
@@ -149,6 +156,32 @@ def _refold(path, module, nodes, env, new_modules, attrs, dtype) -> tuple[Any, f
         new_modules.pop(key)
     new_modules[path] = new
     return env[inputs[0].name], outputs[0]
+
+
+def _sliced_tensors(path, call, slim_call, attrs) -> dict[str, torch.Tensor] | None:
+    """The module's tensors as the slim call uses them, by attribute name (``weight`` …):
+    the traced call's ``get_attr`` arguments paired with the slim call's."""
+    original_args, slim_args = (_by_name(n) for n in (call, slim_call))
+    if original_args is None or slim_args is None:
+        return None
+    pairs = [(value, slim_args.get(key)) for key, value in original_args.items()]
+    tensors = {}
+    for original, slim in pairs:
+        if not (isinstance(original, fx.Node) and original.op == "get_attr"):
+            continue
+        owner, _, name = str(original.target).rpartition(".")
+        if owner != path:
+            return None
+        if not isinstance(slim, fx.Node) or str(slim.target) not in attrs:
+            return None
+        tensors[name] = attrs[str(slim.target)]
+    return tensors
+
+
+def _by_name(node: fx.Node) -> dict[str, Any] | None:
+    """A functional call's arguments by parameter name (``None`` if they do not fit)."""
+    normalized = node.normalized_arguments(None, normalize_to_only_use_kwargs=True)
+    return None if normalized is None else dict(normalized.kwargs)
 
 
 def _copied(value: torch.Tensor | None, dtype: torch.dtype | None) -> torch.Tensor | None:

@@ -195,21 +195,29 @@ class RewriteContext(GraphReader):
         along ``dim``) to ``value``, as a BatchNorm's carrier channels are set. The slice
         keeps the attribute's name when the op slicing it is its only user.
         """
-        target = str(attr_node.target)
-        value = fetch_attr(self.gm, target)
+        value = fetch_attr(self.gm, str(attr_node.target))
         index = torch.as_tensor(positions, dtype=torch.long)
-        sliced = self.cast(value.detach().index_select(dim, index))
+        sliced = value.detach().index_select(dim, index)
         if fill is not None and len(fill[0]):
             sliced.index_fill_(dim, torch.as_tensor(fill[0], dtype=torch.long), fill[1])
-        if isinstance(value, torch.nn.Parameter):
-            sliced = torch.nn.Parameter(sliced, requires_grad=value.requires_grad)
+        return self.new_attr(attr_node, sliced)
+
+    def new_attr(self, attr_node: fx.Node, value: torch.Tensor) -> fx.Node:
+        """A ``get_attr`` node holding ``value`` (in the target dtype) in place of
+        ``attr_node``'s tensor: a ``Parameter`` where that is one. It keeps the attribute's
+        name when the op replacing it is its only user."""
+        target = str(attr_node.target)
+        original = fetch_attr(self.gm, target)
+        value = self.cast(value.detach())
+        if isinstance(original, torch.nn.Parameter):
+            value = torch.nn.Parameter(value, requires_grad=original.requires_grad)
         name = target
         if len(attr_node.users) > 1 or name in self.attrs:
             n = 1
             while f"{target}_slim{n}" in self.attrs:
                 n += 1
             name = f"{target}_slim{n}"
-        self.attrs[name] = sliced
+        self.attrs[name] = value
         return self.graph.get_attr(name)
 
     def copied_tensor(self, value: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from slimfx.errors import EquivalenceError
+from slimfx.errors import EquivalenceError, first_line
 from slimfx.ir.channel_graph import ChannelGraph
 from slimfx.ir.options import Mode
 from slimfx.ir.plan import SlimPlan
@@ -133,13 +133,21 @@ def verify(
     Raises
     ------
     EquivalenceError
-        When it exceeds ``tolerance``.
+        When it exceeds ``tolerance``, or the slim model fails to run at all (PyTorch's
+        message, which names the failing line of the slim model's code, is quoted).
     """
     worst = 0.0
     for trial in range(trials):
         inputs = random_inputs(example_inputs, seed + trial)
         expected = run_float64(reference, inputs, reference_state)
-        actual = run_float64(slim, inputs)
+        try:
+            actual = run_float64(slim, inputs)
+        except Exception as exc:  # a rewrite the slim model's own code does not accept
+            raise EquivalenceError(
+                f"the slim model fails to run: {type(exc).__name__}: {first_line(exc)}",
+                float("inf"),
+                tolerance,
+            ) from exc
         worst = max(worst, relative_error(actual, expected))
     if not worst <= tolerance:
         raise EquivalenceError(

@@ -313,3 +313,26 @@ def test_frozen_batchnorm_backbones_say_what_to_do():
     )
     res = slimfx.slim(randomize_batchnorm(trainable, seed=3).eval(), x, 0.3)
     assert res.report.verification_error <= 1e-9 and len(res.kept) == 20
+
+
+class _DefaultedForward(nn.Module):
+    """``forward(self, x, attn_mask=None, is_causal=False)``, as timm's VisionTransformer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.head = nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x, attn_mask=None, is_causal=False):
+        y = torch.relu(self.bn(self.conv(x)))
+        if attn_mask is not None or is_causal:
+            y = y * 0
+        return self.head(y)
+
+
+def test_parameters_with_defaults_beyond_the_inputs_are_traced_as_their_defaults():
+    model = randomize_batchnorm(_DefaultedForward(), seed=2).eval()
+    x = torch.randn(2, 3, 5, 5)
+    gm = slimfx.trace(model, x)
+    assert [n.name for n in gm.graph.nodes if n.op == "placeholder"] == ["x"]
+    assert torch.equal(gm(x), model(x))
+    assert slimfx.slim(model, x, 0.5).report.verification_error <= 1e-9

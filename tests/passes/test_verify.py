@@ -88,3 +88,12 @@ def test_verification_restores_training_flags_and_draws_by_seed():
     first, again = random_inputs(X, seed=3), random_inputs(X, seed=3)
     assert torch.equal(first[0], again[0]) and first[0].dtype == torch.float64
     assert not np.array_equal(random_inputs(X, seed=4)[0].numpy(), first[0].numpy())
+
+
+def test_a_slim_model_that_fails_to_run_is_an_equivalence_error():
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            return x.view(x.shape[0], 7, -1)
+
+    with pytest.raises(slimfx.EquivalenceError, match="fails to run: RuntimeError"):
+        slimfx.verify(Broken(), torch.nn.Identity(), torch.randn(2, 3, 4, 4))

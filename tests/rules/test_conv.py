@@ -266,3 +266,53 @@ def test_convolution_meta_output_is_the_shape_pytorch_returns(
 )
 def test_inputs_a_convolution_refuses_are_left_to_pytorch(conv, shape):
     assert Conv().meta_output(conv, torch.empty(shape, device="meta")) is None
+
+
+class _LinearWithOwnForward(nn.Linear):
+    """A Linear subclass calling ``F.linear`` itself, as timm's ``Linear`` does."""
+
+    def forward(self, x):
+        return nn.functional.linear(x, self.weight, self.bias)
+
+
+class _Head(nn.Module):
+    def __init__(self, linear=_LinearWithOwnForward):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.fc, self.bn1 = linear(8, 6), nn.BatchNorm1d(6)
+        self.out = linear(6, 3, bias=False)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.conv(x))).mean((2, 3))
+        return self.out(torch.relu(self.bn1(self.fc(y))))
+
+
+def test_functional_linear_of_a_linear_subclass_is_sliced_and_folded(oracle_check):
+    model = randomize_batchnorm(_Head(), seed=4).eval()
+    x = torch.randn(3, 3, 6, 6)
+    for compensate in (True, False):
+        res = slimfx.slim(model, x, 0.5, compensate=compensate)
+        assert set(res.kept) == {"bn", "bn1"}
+        fc = res.module.fc
+        assert type(fc) is _LinearWithOwnForward  # a module of its class again, resized
+        assert (
+            (fc.out_features, fc.in_features)
+            == tuple(fc.weight.shape)
+            == (
+                res.module.bn1.num_features,
+                res.module.conv.out_channels,
+            )
+        )
+        assert res.module.out.bias is None and res.module.out.in_features < 6
+        oracle_check(model, x, res)
+    assert slimfx.slim(model.double(), x.double(), 0.5).report.verification_error <= 1e-9
+
+
+def test_timm_linear(oracle_check):
+    from timm.layers import Linear
+
+    model = randomize_batchnorm(_Head(Linear), seed=5).eval()
+    x = torch.randn(3, 3, 6, 6)
+    res = slimfx.slim(model, x, 0.5)
+    assert type(res.module.fc) is Linear and res.module.fc.in_features < 8
+    oracle_check(model, x, res)

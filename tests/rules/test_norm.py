@@ -178,3 +178,24 @@ def test_batch_norm_with_a_computed_weight_freezes_its_channels(oracle_check):
     res = slimfx.slim(model, x, 0.5)
     assert list(res.kept) == ["bn1"]
     oracle_check(model, x, res)
+
+
+class _SkipsItsActivation(BatchNormAct):
+    """A BatchNorm subclass whose forward never calls one of its children."""
+
+    def __init__(self, num_features, act=nn.ReLU):
+        super().__init__(num_features, act)
+        self.unused = nn.Hardswish()
+
+    def forward(self, x):
+        return super().forward(x)
+
+
+def test_a_refolded_subclass_keeps_children_its_forward_does_not_call(oracle_check):
+    model = randomize_batchnorm(WithBatchNormAct(_SkipsItsActivation), seed=9).eval()
+    x = torch.randn(2, 3, 8, 8)
+    res = slimfx.slim(model, x, 0.5)
+    assert isinstance(res.module.bn1.unused, nn.Hardswish)
+    assert res.module.bn1.unused is not model.bn1.unused
+    assert "num_batches_tracked" in dict(res.module.bn1.named_buffers())
+    oracle_check(model, x, res)

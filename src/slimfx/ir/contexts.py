@@ -190,3 +190,6 @@ class RewriteContext(GraphView, Protocol):
     ) -> fx.Node:
         """A ``get_attr`` node holding ``positions`` of the attribute along ``dim``, with
         the entries ``fill[0]`` of the slice set to ``fill[1]``."""
+
+    def new_attr(self, attr_node: fx.Node, value: torch.Tensor) -> fx.Node:
+        """A ``get_attr`` node holding ``value`` in place of ``attr_node``'s tensor."""

@@ -13,13 +13,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import torch.fx as fx
 import torch.nn as nn
+import torch.nn.functional as F
 
 from slimfx.ir.layout import Layout
 from slimfx.ir.values import EXACT, PrunedValues
-from slimfx.rules.base import Rule, first_input, int_tuple, meta_like, window_output
-from slimfx.rules.folding import gather, slice_consumer, slice_grouped
+from slimfx.rules.base import Rule, arg_value, first_input, int_tuple, meta_like, window_output
+from slimfx.rules.folding import fold_weights, gather, slice_consumer, slice_grouped
 from slimfx.rules.registry import register
 from slimfx.rules.slicing import sliced_shell
 
@@ -160,3 +164,55 @@ class Linear(Rule):
             return ctx.emit(node, module=ctx.unchanged(node))
         new = slice_consumer(linear, node, ctx, "in_features", "out_features")
         return ctx.emit(node, module=new)
+
+
+@register(F.linear)
+class FunctionalLinear(Rule):
+    """``F.linear(x, weight, bias)`` with the weight (and bias) a module's attributes, as a
+    ``Linear`` subclass with its own ``forward`` calls it (timm's ``Linear``): like
+    :class:`Linear` on ``(N, F)``. A weight computed in the graph cannot be sliced: the
+    channels it touches are frozen."""
+
+    name = "linear"
+
+    def tensors(self, node: fx.Node) -> tuple[Any, Any]:
+        return arg_value(node, 1, "weight", None), arg_value(node, 2, "bias", None)
+
+    def sliceable(self, node: fx.Node) -> bool:
+        weight, bias = self.tensors(node)
+        attrs = [t for t in (weight, bias) if t is not None]
+        return all(isinstance(t, fx.Node) and t.op == "get_attr" for t in attrs) and bool(attrs)
+
+    def analyze(self, node, ctx):
+        inp = first_input(node)
+        in_layout = ctx.layout(inp)
+        shape, out_shape = ctx.shape(inp), ctx.shape(node)
+        touched = [in_layout] if in_layout else []
+        if shape is None or len(shape) != 2 or not self.sliceable(node):
+            what = (
+                "linear layer on a rank > 2 input"
+                if shape and len(shape) != 2
+                else ("linear with a weight computed in the graph")
+            )
+            ctx.unsupported(node, touched, what)
+            return Layout.untracked(out_shape[1]) if out_shape and len(out_shape) >= 2 else None
+        if in_layout is not None:
+            ctx.add_sink(node, inp, padded=False, has_bias=self.tensors(node)[1] is not None)
+        return ctx.new_group(node, out_shape[1])
+
+    def rewrite(self, node, ctx):
+        shape = ctx.shape(first_input(node))
+        if shape is None or len(shape) != 2 or not self.sliceable(node):
+            return ctx.emit(node)
+        weight_node, bias_node = self.tensors(node)
+        rows = ctx.kept(node)
+        fold = ctx.sink_fold(node, first_input(node))
+        bias_value = ctx.attr(bias_node) if bias_node is not None else None
+        weight, bias = fold_weights(ctx.attr(weight_node), bias_value, rows, fold, ctx.dtype)
+        carrier_rows = np.flatnonzero(ctx.carriers(node))
+        weight[carrier_rows] = 0
+        args = [first_input(node), ctx.new_attr(weight_node, weight)]
+        if bias_node is not None:
+            bias[carrier_rows] = 0
+            args.append(ctx.new_attr(bias_node, bias))
+        return ctx.emit_function(node, F.linear, tuple(args), {})
