@@ -118,6 +118,9 @@ def frozen_reasons(res) -> str:
     for g in res.channel_graph.groups:
         if g.frozen and g.scorers:
             reasons[g.frozen[0].split(":")[0]] += len(g.scorers)
+    by_name = {g.name: g for g in res.channel_graph.groups}
+    for name, why in res.plan.frozen.items():  # groups the plan could not prune exactly
+        reasons[why.split(" at ")[0]] += len(by_name[name].scorers) if name in by_name else 1
     return "; ".join(f"{n} x {why}" for why, n in reasons.most_common()) or "-"
 
 
