@@ -150,3 +150,31 @@ def test_a_scalar_times_heads_of_a_frozen_reshape(oracle_check):
     assert set(res.kept) == {"b1"}  # b2's channels go through the heads: frozen
     assert any("reshape that moves the channel axis" in line for line in res.report.frozen)
     oracle_check(model, x, res)
+
+
+class _SizedByAnother(nn.Module):
+    """``y.view(B, C, H, W)`` with ``C`` read from another tensor ``x`` (YOLO11's C2PSA and
+    timm's lambda layers): ``y`` passes an op without a rule, so it keeps its channels, and
+    ``x``'s group must keep its width too."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8)
+        self.c2, self.b2 = nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)
+        self.head = nn.Conv2d(16, 2, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.b1(self.c1(x)))
+        y = torch.relu(self.b2(self.c2(x)))
+        b, c, h, w = x.shape
+        tokens = torch.roll(y.flatten(2), 1, dims=2)  # no rule: y's channels are frozen
+        return self.head(torch.cat([x, tokens.view(b, c, h, w)], 1))
+
+
+def test_a_reshape_sized_by_another_tensors_channels_freezes_them():
+    model = randomize_batchnorm(_SizedByAnother(), seed=4).eval()
+    x = torch.randn(2, 3, 5, 5)
+    cg = slimfx.analyze(slimfx.trace(model, x))
+    assert any("sizes a reshape of another tensor" in why for why in cg.group_of("c1").frozen)
+    with pytest.raises(slimfx.UnsupportedError):  # both groups frozen: nothing to prune
+        slimfx.slim(model, x, 0.3)

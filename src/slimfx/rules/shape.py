@@ -43,6 +43,48 @@ def _reshape_factor(in_shape: tuple, out_shape: tuple) -> int | None:
     return None
 
 
+def _channel_count_sources(arg, seen=None) -> list[fx.Node]:
+    """Tensors whose channel count a size argument is computed from (``t.size(1)``,
+    ``t.shape[1]``, and arithmetic on them)."""
+    seen = set() if seen is None else seen
+    if not isinstance(arg, fx.Node) or arg in seen or "tensor_meta" in arg.meta:
+        return []
+    seen.add(arg)
+    if arg.op == "call_method" and arg.target == "size" and arg.args[1:2] == (1,):
+        return [arg.args[0]]
+    if arg.op == "call_function" and arg.target is operator.getitem and arg.args[1] == 1:
+        base = arg.args[0]
+        if isinstance(base, fx.Node) and (
+            (base.op == "call_function" and base.target is getattr and base.args[1] == "shape")
+            or (base.op == "call_method" and base.target == "size" and len(base.args) == 1)
+        ):
+            return [base.args[0]]
+    if arg.op in ("call_function", "call_method"):
+        return [t for a in arg.args for t in _channel_count_sources(a, seen)]
+    return []
+
+
+def _freeze_foreign_sizes(node: fx.Node, layout: Layout | None, ctx) -> None:
+    """A reshape sized by another tensor's channel count (``y.view(B, C, H, W)`` with
+    ``C = x.shape[1]``): in the slim model the size follows ``x``'s kept count, so ``x``'s
+    channels must keep their width unless ``y`` holds the very same channels."""
+    sizes = [a for a in (*node.args[1:], *node.kwargs.values())]
+    for source in {t for a in sizes for t in _channel_count_sources(a)}:
+        theirs = ctx.layout(source)
+        if theirs is None:
+            continue
+        same = (
+            layout is not None
+            and np.array_equal(theirs.group, layout.group)
+            and np.array_equal(theirs.index, layout.index)
+        )
+        if not same:
+            ctx.freeze(
+                [theirs],
+                f"its channel count sizes a reshape of another tensor: {node.format_node()}",
+            )
+
+
 @register(
     torch.flatten,
     "flatten",
@@ -65,6 +107,7 @@ class Reshape(Rule):
         inp = first_input(node)
         layout = ctx.layout(inp)
         in_shape, out_shape = node_shape(inp), node_shape(node)
+        _freeze_foreign_sizes(node, layout, ctx)
         if layout is None:
             return None
         factor = (
