@@ -8,7 +8,7 @@ which the analysis and the constant propagation read like any other. Left like t
 slim model would hold the ``training`` flag the model had when it was traced, and the
 module would disappear from ``print(slim)``.
 
-:func:`refold_batchnorms` puts each such region of the slim graph back into one
+:func:`refold_modules` puts each such region of the slim graph back into one
 ``call_module`` of a copy of the original module: its class and settings, its sliced
 tensors (from the slim functional call), its sizes (``num_features``, ``in_features`` …)
 the kept counts, and its children as the rewrite sliced them. So the slim model trains,
@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
 from slimfx.rules.norm import is_batchnorm
+
+if TYPE_CHECKING:
+    from slimfx.passes.rewrite import RewriteContext
 
 logger = logging.getLogger(__name__)
 
@@ -39,47 +42,35 @@ _SIZES = {
 }
 
 
-def refold_batchnorms(
-    gm: fx.GraphModule,
-    graph: fx.Graph,
-    env: dict[str, fx.Node],
-    new_modules: dict[str, torch.nn.Module],
-    attrs: dict[str, torch.Tensor],
-    dtype: torch.dtype | None = None,
-) -> None:
-    """Replace each traced-through BatchNorm subclass's region of ``graph`` by one call.
+def refold_modules(gm: fx.GraphModule, ctx: RewriteContext) -> None:
+    """Replace each traced-through BatchNorm or Linear subclass's region of the slim graph
+    by one call of the module rebuilt.
 
     Parameters
     ----------
     gm : torch.fx.GraphModule
         The traced model.
-    graph : torch.fx.Graph
-        The slim graph being built (edited in place: it is the rewrite's own).
-    env : dict
-        Traced node name → its node in ``graph`` (updated for the regions' outputs).
-    new_modules, attrs : dict
-        The rewrite's new modules and tensors by qualified name; the refolded modules are
-        added to ``new_modules``.
-    dtype : torch.dtype, optional
-        The rewrite's target dtype, for the children and tensors that were not sliced.
+    ctx : RewriteContext
+        The rewrite's context, after its walk: its graph is edited in place, ``ctx.env``
+        updated for the regions' outputs and the rebuilt modules put in ``ctx.new_modules``.
     """
     for path, nodes in _regions(gm).items():
         module = gm.get_submodule(path)
-        folded = _refold(path, module, nodes, env, new_modules, attrs, dtype)
+        folded = _refold(path, module, nodes, ctx)
         if folded is None:
             logger.debug("%s stays inlined in the slim graph", path)
             continue
         source, output = folded
-        last = env[output.name]
+        last, graph = ctx.env[output.name], ctx.graph
         with graph.inserting_after(last):
             call = graph.call_module(path, (source,))
         call.meta = dict(last.meta)
         last.replace_all_uses_with(call)
         for node in reversed(nodes):
-            slim_node = env.get(node.name)
+            slim_node = ctx.env.get(node.name)
             if slim_node is not None and slim_node.graph is graph and not slim_node.users:
                 graph.erase_node(slim_node)
-        env[output.name] = call
+        ctx.env[output.name] = call
 
 
 def _regions(gm: fx.GraphModule) -> dict[str, list[fx.Node]]:
@@ -108,9 +99,9 @@ def _qualified(key: str, value: Any) -> str:
     return key
 
 
-def _refold(path, module, nodes, env, new_modules, attrs, dtype) -> tuple[Any, fx.Node] | None:
+def _refold(path, module, nodes, ctx: RewriteContext) -> tuple[Any, fx.Node] | None:
     """(the slim input node, the region's output node) and the new module registered in
-    ``new_modules``; ``None`` when the region is not one call of the module's functional
+    ``ctx.new_modules``; ``None`` when the region is not one call of the module's functional
     op (``F.batch_norm``, ``F.linear``) and its tail."""
     inside = set(nodes)
     own = {f"{path}.{name}" for name in (*module._parameters, *module._buffers)}
@@ -127,19 +118,25 @@ def _refold(path, module, nodes, env, new_modules, attrs, dtype) -> tuple[Any, f
     calls = [n for n in nodes if n.op == "call_function" and n.target in _SIZES]
     if len(inputs) != 1 or len(outputs) != 1 or len(calls) != 1:
         return None
-    call, slim_call = calls[0], env.get(calls[0].name)
+    call, slim_call = calls[0], ctx.env.get(calls[0].name)
     if slim_call is None or slim_call.target is not call.target:
         return None
-    tensors = _sliced_tensors(path, call, slim_call, attrs)
+    tensors = _sliced_tensors(path, call, slim_call, ctx.attrs)
     if tensors is None:
         return None
     new = copy.copy(module)
     new.__dict__ = dict(module.__dict__)
+
+    def copied(value):  # a tensor the slicing did not touch (or None)
+        return None if value is None else ctx.copied_tensor(value)
+
     new._parameters = {
-        name: tensors.get(name, _copied(value, dtype)) for name, value in module._parameters.items()
+        name: tensors[name] if name in tensors else copied(value)
+        for name, value in module._parameters.items()
     }
     new._buffers = {
-        name: tensors.get(name, _copied(value, dtype)) for name, value in module._buffers.items()
+        name: tensors[name] if name in tensors else copied(value)
+        for name, value in module._buffers.items()
     }
     new._modules = {}
     for attribute, holders in _SIZES[call.target].items():
@@ -148,14 +145,16 @@ def _refold(path, module, nodes, env, new_modules, attrs, dtype) -> tuple[Any, f
             setattr(new, attribute, int(size))
     for name, child in module._modules.items():
         qualified = f"{path}.{name}"
-        copied = new_modules.pop(qualified, None)
-        if copied is None:
-            copied = copy.deepcopy(child) if dtype is None else copy.deepcopy(child).to(dtype)
-        new._modules[name] = copied
-    for key in [k for k in new_modules if k.startswith(path + ".")]:
-        new_modules.pop(key)
-    new_modules[path] = new
-    return env[inputs[0].name], outputs[0]
+        rebuilt = ctx.new_modules.pop(qualified, None)
+        if rebuilt is None:  # a child the forward never calls
+            rebuilt = (
+                copy.deepcopy(child) if ctx.dtype is None else copy.deepcopy(child).to(ctx.dtype)
+            )
+        new._modules[name] = rebuilt
+    for key in [k for k in ctx.new_modules if k.startswith(path + ".")]:
+        ctx.new_modules.pop(key)
+    ctx.new_modules[path] = new
+    return ctx.env[inputs[0].name], outputs[0]
 
 
 def _sliced_tensors(path, call, slim_call, attrs) -> dict[str, torch.Tensor] | None:
@@ -182,15 +181,3 @@ def _by_name(node: fx.Node) -> dict[str, Any] | None:
     """A functional call's arguments by parameter name (``None`` if they do not fit)."""
     normalized = node.normalized_arguments(None, normalize_to_only_use_kwargs=True)
     return None if normalized is None else dict(normalized.kwargs)
-
-
-def _copied(value: torch.Tensor | None, dtype: torch.dtype | None) -> torch.Tensor | None:
-    """An independent copy of a tensor the slicing did not touch, in ``dtype``."""
-    if value is None:
-        return None
-    cloned = value.detach().clone()
-    if dtype is not None and cloned.is_floating_point():
-        cloned = cloned.to(dtype)
-    if isinstance(value, torch.nn.Parameter):
-        return torch.nn.Parameter(cloned, requires_grad=value.requires_grad)
-    return cloned

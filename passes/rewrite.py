@@ -31,7 +31,7 @@ from slimfx.ir.options import Mode
 from slimfx.ir.plan import SlimPlan
 from slimfx.ir.values import UNKNOWN, PrunedValues
 from slimfx.passes.constant_propagation import with_modes
-from slimfx.passes.refold import refold_batchnorms
+from slimfx.passes.refold import refold_modules
 from slimfx.passes.shapes import tensor_metadata
 from slimfx.passes.trace import restore_containers
 from slimfx.passes.walk import GraphReader, fetch_attr, walk
@@ -270,7 +270,7 @@ def rewrite(
 
     with torch.no_grad():
         walk(cg.gm, ctx.modules, step, into=ctx.env)
-        refold_batchnorms(cg.gm, ctx.graph, ctx.env, ctx.new_modules, ctx.attrs, dtype)
+        refold_modules(cg.gm, ctx)
     for node in list(ctx.graph.nodes):
         if node.op == "get_attr" and not node.users:
             ctx.graph.erase_node(node)

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from slimfx.ir.values import PrunedValues
+from slimfx.numerics import float64_array
 from slimfx.rules.base import Passthrough, arg_value, first_input, meta_like
 from slimfx.rules.registry import register
 from slimfx.rules.slicing import sliced_shell
@@ -35,6 +36,18 @@ def frozen_batchnorms(model: nn.Module) -> list[str]:
     except ImportError:  # pragma: no cover - torchvision is a dependency
         return []
     return [name for name, m in model.named_modules() if isinstance(m, FrozenBatchNorm2d)]
+
+
+def normalized_values(values, mean, var, eps, weight=None, bias=None) -> PrunedValues:
+    """What BatchNorm with running statistics (and an affine ``weight``/``bias`` that does not
+    gate) makes of ``values``: exact values are normalised, the rest become unknown."""
+    out = values.as_unknown_unless_exact()
+    value = (out.value - float64_array(mean)) / np.sqrt(float64_array(var) + eps)
+    if weight is not None:
+        value = value * float64_array(weight)
+    if bias is not None:
+        value = value + float64_array(bias)
+    return PrunedValues(value, out.kind, out.pattern).normalized()
 
 
 #: The ranks each BatchNorm class takes.
@@ -85,11 +98,7 @@ class BatchNorm(Passthrough):
         values = ctx.values(first_input(node))
         if values is None or bn.running_mean is None:
             return PrunedValues.unknown(len(layout))
-        mean = bn.running_mean.detach().double().numpy()
-        std = torch.sqrt(bn.running_var.detach().double() + bn.eps).numpy()
-        out = values.as_unknown_unless_exact()
-        value = (out.value - mean) / std
-        return PrunedValues(value, out.kind, out.pattern).normalized()
+        return normalized_values(values, bn.running_mean, bn.running_var, bn.eps)
 
     def rewrite(self, node, ctx):
         bn = ctx.module(node)
@@ -191,13 +200,8 @@ class FunctionalBatchNorm(Passthrough):
         if values is None or tensors["running_mean"] is None or tensors["running_var"] is None:
             return PrunedValues.unknown(len(layout))
         eps = float(arg_value(node, 7, "eps", 1e-5))
-        mean = tensors["running_mean"].detach().double().numpy()
-        std = torch.sqrt(tensors["running_var"].detach().double() + eps).numpy()
-        scale = 1.0 if tensors["weight"] is None else tensors["weight"].detach().double().numpy()
-        shift = 0.0 if tensors["bias"] is None else tensors["bias"].detach().double().numpy()
-        out = values.as_unknown_unless_exact()
-        value = (out.value - mean) / std * scale + shift
-        return PrunedValues(value, out.kind, out.pattern).normalized()
+        mean, var = tensors["running_mean"], tensors["running_var"]
+        return normalized_values(values, mean, var, eps, tensors["weight"], tensors["bias"])
 
     def rewrite(self, node, ctx):
         kept = ctx.kept(node)
