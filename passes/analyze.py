@@ -165,6 +165,9 @@ class AnalyzeContext(GraphReader):
             if len(other) != len(base):
                 self.unsupported(node, layouts, "channel axes of different sizes meet")
                 return
+            if other.axis != base.axis:
+                self.unsupported(node, layouts, "channels in different dims meet")
+                return
             pairs = self._group_pairs(base, other)
             if pairs is None:
                 self.cuts += matching_cuts(base, other, self.group_sizes)
@@ -270,7 +273,7 @@ def analyze(gm: fx.GraphModule, *, strict: bool = False) -> ChannelGraph:
                 ctx.freeze(touched, reason)
             return layout
 
-        walk(gm, ctx.modules, step, into=ctx.layouts)
+        walk(gm, ctx.modules, step, into=ctx.layouts, layouts=ctx.layouts)
         refined = refined_partitions(
             ctx.graph, ctx.group_names, ctx.origins, ctx.cuts, ctx.partitions
         )

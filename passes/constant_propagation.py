@@ -122,7 +122,7 @@ def propagate(cg: ChannelGraph, modes: Mode | Mapping[int, Mode]) -> dict[str, A
         return rule.propagate(node, ctx)
 
     with torch.no_grad():
-        return walk(cg.gm, ctx.modules, step, into=ctx.table)
+        return walk(cg.gm, ctx.modules, step, into=ctx.table, layouts=cg.layouts)
 
 
 def with_modes(

@@ -63,6 +63,7 @@ class RewriteContext(GraphReader):
         self.env: dict[str, fx.Node] = {}
         self.new_modules: dict[str, torch.nn.Module] = {}
         self.attrs: dict[str, torch.Tensor] = {}
+        self.sinks = {(sink.node, sink.input) for sink in cg.sinks}
 
     # -- reading ---------------------------------------------------------------------
     def kept(self, node: Any) -> np.ndarray | None:
@@ -101,9 +102,10 @@ class RewriteContext(GraphReader):
         return copied if self.dtype is None else copied.to(self.dtype)
 
     def sink_fold(self, node: fx.Node, inp: fx.Node) -> SinkFold:
-        """The slicing and folding of a consumer's input (see :class:`SinkFold`)."""
+        """The slicing and folding of a consumer's input (see :class:`SinkFold`); nothing
+        where the analysis recorded no sink (an input without channels we track)."""
         layout = self.layout(inp)
-        if layout is None:
+        if layout is None or (node.name, inp.name) not in self.sinks:
             empty = np.zeros(0, dtype=np.int64)
             return SinkFold(None, empty, np.zeros(0), empty, np.zeros(0), empty)
         kept = self.keep.positions(layout)
@@ -269,7 +271,7 @@ def rewrite(
         return rule.rewrite(node, ctx)
 
     with torch.no_grad():
-        walk(cg.gm, ctx.modules, step, into=ctx.env)
+        walk(cg.gm, ctx.modules, step, into=ctx.env, layouts=cg.layouts)
         refold_modules(cg.gm, ctx)
     for node in list(ctx.graph.nodes):
         if node.op == "get_attr" and not node.users:
@@ -332,8 +334,8 @@ def _resized_tree(meta, layout, ctx: RewriteContext):
 
 def _resized(meta, layout, ctx: RewriteContext):
     shape = list(meta.shape)
-    if isinstance(layout, Layout) and len(shape) >= 2:
-        shape[1] = int(ctx.keep.mask(layout).sum())
+    if isinstance(layout, Layout) and len(shape) > layout.axis:
+        shape[layout.axis] = int(ctx.keep.mask(layout).sum())
     dtype = ctx.dtype if ctx.dtype is not None and meta.dtype.is_floating_point else meta.dtype
     stride, step = [], 1
     for size in reversed(shape):

@@ -6,7 +6,9 @@ node gets is decided here too (:func:`rule_of`):
 
 1. ``placeholder``, ``output`` and ``get_attr`` nodes get the graph's own rules;
 2. a node whose output is no tensor (``x.size(0)``) gets :class:`PythonValue`;
-3. every other node gets its registered rule (:mod:`slimfx.rules`), or :class:`Unknown`.
+3. every other node gets its registered rule (:mod:`slimfx.rules`), or :class:`Unknown`;
+4. a rule that knows channels in dim 1 only, given a tensor whose layout holds them in
+   another dim (tokens), is replaced by :class:`UnknownOnTokens`.
 
 :class:`GraphReader` is the part of every pass's context that reads the traced graph
 (the :class:`slimfx.ir.contexts.GraphView` protocol).
@@ -24,7 +26,14 @@ import slimfx.rules  # noqa: F401  (registers every rule)
 from slimfx.errors import SlimfxError, UnsupportedError, first_line
 from slimfx.ir.layout import Layout
 from slimfx.rules.base import Rule, node_shape
-from slimfx.rules.graph_io import GetAttr, Output, Placeholder, PythonValue, Unknown
+from slimfx.rules.graph_io import (
+    GetAttr,
+    Output,
+    Placeholder,
+    PythonValue,
+    Unknown,
+    UnknownOnTokens,
+)
 from slimfx.rules.registry import rule_for
 
 T = TypeVar("T")
@@ -36,15 +45,32 @@ _GRAPH_RULES: dict[str, Rule] = {
 }
 _PYTHON_VALUE = PythonValue()
 _UNKNOWN = Unknown()
+_UNKNOWN_ON_TOKENS = UnknownOnTokens()
 
 
-def rule_of(node: fx.Node, modules: dict[str, torch.nn.Module]) -> Rule:
-    """The rule that speaks for ``node`` (see the module docstring)."""
+def rule_of(
+    node: fx.Node, modules: dict[str, torch.nn.Module], layouts: dict[str, Any] | None = None
+) -> Rule:
+    """The rule that speaks for ``node`` (see the module docstring); ``layouts`` (fx node
+    name → layout) are the analysis' layouts of its inputs."""
     if node.op in _GRAPH_RULES:
         return _GRAPH_RULES[node.op]
     if "tensor_meta" not in node.meta:
         return _PYTHON_VALUE
-    return rule_for(node, modules) or _UNKNOWN
+    rule = rule_for(node, modules) or _UNKNOWN
+    if not rule.any_channel_axis and layouts is not None and _has_moved_channels(node, layouts):
+        return _UNKNOWN_ON_TOKENS
+    return rule
+
+
+def _has_moved_channels(node: fx.Node, layouts: dict[str, Any]) -> bool:
+    """Whether an input of ``node`` has a layout whose channels are not in dim 1."""
+    for inp in node.all_input_nodes:
+        found = layouts.get(inp.name)
+        parts = found if isinstance(found, tuple) else (found,)
+        if any(isinstance(p, Layout) and p.axis != 1 for p in parts):
+            return True
+    return False
 
 
 def walk(
@@ -52,8 +78,10 @@ def walk(
     modules: dict[str, torch.nn.Module],
     step: Callable[[fx.Node, Rule], T],
     into: dict[str, T],
+    layouts: dict[str, Any] | None = None,
 ) -> dict[str, T]:
-    """``into[node.name] = step(node, rule_of(node))`` for every node, in graph order.
+    """``into[node.name] = step(node, rule_of(node, modules, layouts))`` for every node, in
+    graph order.
 
     ``into`` is filled as the walk goes, so a step can read what the steps before it
     returned (the context of a pass holds the same dict).
@@ -65,7 +93,7 @@ def walk(
         the node and the rule (the original exception is its cause).
     """
     for node in gm.graph.nodes:
-        rule = rule_of(node, modules)
+        rule = rule_of(node, modules, layouts)
         try:
             into[node.name] = step(node, rule)
         except SlimfxError:

@@ -34,3 +34,12 @@ def test_keep_table_masks_positions():
     assert list(keep.positions(lay)) == [0, 1, 4, 5, 6, 7, 8]
     marks = KeepTable({0: np.array([False, True, False])}, default=False)
     assert list(marks.positions(lay)) == [2, 3]
+
+
+def test_the_channel_axis_travels_with_the_layout():
+    tokens = Layout.plain(0, 4, axis=2)
+    assert tokens.axis == 2 and tokens != Layout.plain(0, 4)
+    assert tokens.slice(1, 3).axis == tokens.expand(2).axis == tokens.relabel({0: 3}).axis == 2
+    assert Layout.concat([tokens, Layout.untracked(2, axis=2)]).axis == 2
+    back = tokens.with_axis(1)
+    assert back == Layout.plain(0, 4) and "axis=2" in repr(tokens)

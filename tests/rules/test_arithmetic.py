@@ -214,3 +214,35 @@ def test_each_piece_of_a_split_is_pruned_on_its_own(block, compensate, oracle_ch
     oracle_check(model, x, res)
     exact = slimfx.slim(model.double(), x.double(), 0.4, compensate=compensate)
     assert exact.report.verification_error <= 1e-9
+
+
+class LayerScaled(nn.Module):
+    """Per-channel values computed from parameters in the graph: a layer scale
+    (``gamma.view(1, -1, 1, 1)``, timm's EfficientFormer) and a sigmoid gate read from a
+    parameter of several rows (``alpha.sigmoid().view(2, -1, 1, 1)[0]``, EfficientViM)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.gamma = nn.Parameter(torch.linspace(0.5, 1.5, 8))
+        self.alpha = nn.Parameter(torch.linspace(-1.0, 1.0, 16).view(2, 8))
+        self.conv2 = nn.Conv2d(8, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv(x)))
+        x = x * self.gamma.view(1, -1, 1, 1) + self.alpha.sigmoid().view(2, -1, 1, 1)[0]
+        return self.fc(self.conv2(x).mean((2, 3)))
+
+
+def test_per_channel_values_computed_from_parameters_are_indexed(oracle_check):
+    model = randomize_batchnorm(LayerScaled(), seed=4)
+    x = torch.randn(2, 3, 5, 5)
+    for compensate in (True, False):
+        res = slimfx.slim(model, x, 0.5, compensate=compensate)
+        assert res.plan.groups["conv"].width < 8
+        assert not res.channel_graph.group_of("conv").frozen
+        oracle_check(model, x, res)
+        # the parameters stay parameters: fine-tuning trains them
+        assert {"gamma", "alpha"} <= set(dict(res.module.named_parameters()))

@@ -192,30 +192,46 @@ def test_conv1d_and_batchnorm1d(oracle_check):
     oracle_check(model, x, res)
 
 
-def test_linear_on_channels_last_tokens_is_frozen_not_broken():
-    class Tokens(nn.Module):  # a transformer-style MLP on (N, H*W, C) between conv blocks
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 8, 3, padding=1)
-            self.bn = nn.BatchNorm2d(8)
-            self.mlp = nn.Linear(8, 8)
-            self.conv2 = nn.Conv2d(8, 6, 3, padding=1)
-            self.bn2 = nn.BatchNorm2d(6)
-            self.fc = nn.Linear(6, 2)
+class TokenMLP(nn.Module):
+    """A transformer-style MLP on tokens ``(N, H*W, C)`` between conv blocks, its hidden
+    layer normalised by a BatchNorm1d over the flattened tokens (LeViT's ``LinearNorm``)."""
 
-        def forward(self, x):
-            x = torch.relu(self.bn(self.conv(x)))
-            n, c, h, w = x.shape
-            tokens = x.flatten(2).transpose(1, 2)  # (N, H*W, C)
-            tokens = tokens + self.mlp(tokens)
-            x = tokens.transpose(1, 2).reshape(n, c, h, w)
-            return self.fc(torch.relu(self.bn2(self.conv2(x))).mean((2, 3)))
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc1 = nn.Linear(8, 12)
+        self.bn1 = nn.BatchNorm1d(12)
+        self.fc2 = nn.Linear(12, 8)
+        self.conv2 = nn.Conv2d(8, 6, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6, 2)
 
-    model = randomize_batchnorm(Tokens(), seed=10)
-    res = slimfx.slim(model, torch.randn(2, 3, 4, 4), 0.5)
-    assert res.module.conv.out_channels == 8  # its channels pass through the token MLP
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv(x)))
+        n, c, h, w = x.shape
+        tokens = x.flatten(2).transpose(1, 2)  # (N, H*W, C)
+        hidden = self.fc1(tokens)
+        hidden = self.bn1(hidden.flatten(0, 1)).reshape_as(hidden)
+        tokens = tokens + self.fc2(torch.nn.functional.gelu(hidden))
+        x = tokens.transpose(1, 2).reshape(n, c, h, w)
+        return self.fc(torch.relu(self.bn2(self.conv2(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("compensate", [True, False])
+def test_linear_on_tokens_is_a_sink_and_a_producer_on_the_last_axis(compensate, oracle_check):
+    model = randomize_batchnorm(TokenMLP(), seed=10)
+    x = torch.randn(2, 3, 4, 4)
+    res = slimfx.slim(model, x, 0.5, compensate=compensate)
+    assert res.channel_graph.layouts["fc1"].axis == 2  # (N, L, C): channels last
+    assert res.module.fc1.out_features < 12  # the hidden tokens' BatchNorm prunes them
+    assert res.module.fc2.in_features == res.module.fc1.out_features
+    # the residual stream is fed by fc2, whose outputs no BatchNorm follows: a pruned
+    # channel would still depend on the input, so the plan keeps the stream whole
+    assert res.module.conv.out_channels == 8
+    assert "conv" in res.plan.frozen
     assert res.module.conv2.out_channels < 6
-    assert res.report.verification_error <= 1e-9
+    oracle_check(model, x, res)
 
 
 def test_channels_last_model_slims_exactly_and_stays_channels_last():

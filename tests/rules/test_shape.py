@@ -178,3 +178,106 @@ def test_a_reshape_sized_by_another_tensors_channels_freezes_them():
     assert any("sizes a reshape of another tensor" in why for why in cg.group_of("c1").frozen)
     with pytest.raises(slimfx.UnsupportedError):  # both groups frozen: nothing to prune
         slimfx.slim(model, x, 0.3)
+
+
+class LinearNorm(nn.Module):
+    """LeViT's linear layer + BatchNorm1d over the flattened tokens."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.linear = nn.Linear(cin, cout, bias=False)
+        self.bn = nn.BatchNorm1d(cout)
+
+    def forward(self, x):
+        x = self.linear(x)
+        return self.bn(x.flatten(0, 1)).reshape_as(x)
+
+
+class HybridAttention(nn.Module):
+    """A conv stem, then tokens: attention (heads split from channels, ``q * scale``,
+    ``softmax``, ``matmul``) and an MLP, both residual; a strided token subsample; mean over
+    tokens into a classifier — the idioms of LeViT-style hybrids."""
+
+    def __init__(self, dim=8, heads=2, key_dim=2, side=4):
+        super().__init__()
+        self.heads, self.key_dim, self.side = heads, key_dim, side
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1, bias=False),
+            nn.BatchNorm2d(6),
+            nn.Hardswish(),
+            nn.Conv2d(6, dim, 3, padding=1, bias=False),
+            nn.BatchNorm2d(dim),
+        )
+        self.qkv = LinearNorm(dim, heads * key_dim * 3)
+        self.proj = LinearNorm(heads * key_dim, dim)
+        self.mlp1 = LinearNorm(dim, 2 * dim)
+        self.mlp2 = LinearNorm(2 * dim, dim)
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        x = self.stem(x).flatten(2).transpose(1, 2)  # (B, N, C)
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, self.heads, -1).split([self.key_dim] * 3, dim=3)
+        q, k, v = q.permute(0, 2, 1, 3), k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)
+        attn = ((q * self.key_dim**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
+        out = (attn @ v).transpose(1, 2).reshape(b, n, -1)
+        x = x + self.proj(nn.functional.hardswish(out))
+        x = x + self.mlp2(nn.functional.hardswish(self.mlp1(x)))
+        x = x.view(b, self.side, self.side, -1)[:, ::2, ::2].reshape(b, -1, x.shape[-1])
+        return self.head(x.mean(1))
+
+
+@pytest.mark.parametrize("compensate", [True, False])
+def test_tokens_keep_their_channels_prunable_outside_the_heads(compensate, oracle_check):
+    model = randomize_batchnorm(HybridAttention(), seed=3)
+    with torch.no_grad():  # sparsity-trained: a few gammas near zero in each group
+        for bn in (model.stem[4], model.proj.bn, model.mlp2.bn):
+            bn.weight[[1, 5]] = 1e-3
+        model.stem[1].weight[2] = 1e-3
+        model.mlp1.bn.weight[[0, 3]] = 1e-3
+    x = torch.randn(2, 3, 4, 4)
+    res = slimfx.slim(model, x, 0.5, compensate=compensate)
+    cg = res.channel_graph
+    assert cg.layouts["transpose"].axis == 2 and cg.layouts["mean"].axis == 1
+    # splitting channels into heads freezes the attention's q/k/v only
+    assert cg.group_of("qkv_linear").frozen
+    for name in ("stem_0", "stem_3", "mlp1_linear"):  # stem, residual stream, MLP
+        assert not cg.group_of(name).frozen, name
+        assert res.plan.groups[cg.group_of(name).name].width < cg.group_of(name).size
+    assert res.module.head.in_features == res.module.mlp2.linear.out_features
+    oracle_check(model, x, res)
+
+
+def test_transpose_and_permute_move_the_channel_axis():
+    class Moves(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            a = y.permute(0, 2, 3, 1)  # (N, H, W, C)
+            b = torch.transpose(a, 1, 3)  # (N, C, W, H)
+            return a.sum() + b.sum()
+
+    gm = slimfx.trace(Moves(), torch.randn(1, 3, 2, 5))
+    cg = slimfx.analyze(gm)
+    assert [cg.layouts[n].axis for n in ("conv", "permute", "transpose")] == [1, 3, 1]
+
+
+def test_ops_that_know_only_dim_1_freeze_token_channels():
+    class NormOnTokens(nn.Module):  # a BatchNorm2d handed (N, H, W, C): not its channels
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1, bias=False)
+            self.bn = nn.BatchNorm2d(4)
+            self.odd = nn.BatchNorm2d(2)
+
+        def forward(self, x):
+            y = self.bn(self.conv(x)).permute(0, 2, 3, 1)
+            return self.odd(y)
+
+    model = randomize_batchnorm(NormOnTokens(), seed=1)
+    cg = slimfx.analyze(slimfx.trace(model, torch.randn(1, 3, 2, 3)))
+    frozen = cg.group_of("conv").frozen
+    assert any("channels outside dim 1" in why and "odd" in why for why in frozen), frozen

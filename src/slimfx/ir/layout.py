@@ -1,6 +1,7 @@
 """Channel layouts: which group channel sits at each position of a tensor's channel axis.
 
-A tensor's channel axis (dim 1) is described by two integer arrays of the axis' length:
+A tensor's channel axis — dim 1, or the last dim of a token tensor ``(N, L, C)`` (``axis``) —
+is described by two integer arrays of the axis' length:
 ``group[p]`` is the channel group that position ``p`` belongs to, ``index[p]`` the channel
 of that group. A convolution's output is *plain* (one group, indices ``0..n-1``); a
 ``flatten`` repeats every channel ``k`` times; a concatenation joins layouts. Positions in
@@ -23,11 +24,16 @@ class Layout:
     ----------
     group, index : array_like of int
         Group id and channel-in-group of every position of the axis.
+    axis : int, default 1
+        The tensor dim that holds the channels: 1 for ``(N, C, ...)``; a rule that moves
+        the channels (a transpose into tokens ``(N, L, C)``) gives another. Only rules that
+        say they handle other axes (:attr:`slimfx.rules.base.Rule.any_channel_axis`) see
+        such layouts.
     """
 
-    __slots__ = ("group", "index")
+    __slots__ = ("axis", "group", "index")
 
-    def __init__(self, group: np.ndarray, index: np.ndarray):
+    def __init__(self, group: np.ndarray, index: np.ndarray, axis: int = 1):
         group = np.asarray(group, dtype=np.int64)
         index = np.asarray(index, dtype=np.int64)
         if group.shape != index.shape or group.ndim != 1:
@@ -36,24 +42,30 @@ class Layout:
         index.setflags(write=False)
         self.group = group
         self.index = index
+        self.axis = int(axis)
 
     @classmethod
-    def plain(cls, group_id: int, size: int) -> Layout:
+    def plain(cls, group_id: int, size: int, axis: int = 1) -> Layout:
         """The layout of a tensor that holds group ``group_id`` whole and in order."""
-        return cls(np.full(size, group_id, dtype=np.int64), np.arange(size, dtype=np.int64))
+        return cls(np.full(size, group_id, dtype=np.int64), np.arange(size, dtype=np.int64), axis)
 
     @classmethod
-    def untracked(cls, size: int) -> Layout:
+    def untracked(cls, size: int, axis: int = 1) -> Layout:
         """A layout whose channels belong to no group (they are never pruned)."""
-        return cls(np.full(size, UNTRACKED, dtype=np.int64), np.arange(size, dtype=np.int64))
+        return cls(np.full(size, UNTRACKED, dtype=np.int64), np.arange(size, dtype=np.int64), axis)
 
     @classmethod
     def concat(cls, layouts: Sequence[Layout]) -> Layout:
-        """The layout of ``torch.cat(tensors, dim=1)``."""
+        """The layout of ``torch.cat(tensors, dim=axis)`` (the first layout's axis)."""
         return cls(
             np.concatenate([lay.group for lay in layouts]),
             np.concatenate([lay.index for lay in layouts]),
+            layouts[0].axis if layouts else 1,
         )
+
+    def with_axis(self, axis: int) -> Layout:
+        """The same channels held in tensor dim ``axis``."""
+        return self if axis == self.axis else Layout(self.group, self.index, axis)
 
     def __len__(self) -> int:
         return int(self.group.shape[0])
@@ -61,22 +73,27 @@ class Layout:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Layout):
             return NotImplemented
-        return np.array_equal(self.group, other.group) and np.array_equal(self.index, other.index)
+        return (
+            self.axis == other.axis
+            and np.array_equal(self.group, other.group)
+            and np.array_equal(self.index, other.index)
+        )
 
     def __hash__(self) -> int:  # layouts are immutable values
-        return hash((self.group.tobytes(), self.index.tobytes()))
+        return hash((self.axis, self.group.tobytes(), self.index.tobytes()))
 
     def __repr__(self) -> str:
         ids = ", ".join(str(g) for g in self.group_ids())
-        return f"Layout(size={len(self)}, groups=[{ids}])"
+        axis = f", axis={self.axis}" if self.axis != 1 else ""
+        return f"Layout(size={len(self)}, groups=[{ids}]{axis})"
 
     def expand(self, k: int) -> Layout:
         """Channel ``c`` becomes features ``c*k .. c*k+k-1`` (a flatten of ``k`` spatial cells)."""
-        return Layout(np.repeat(self.group, k), np.repeat(self.index, k))
+        return Layout(np.repeat(self.group, k), np.repeat(self.index, k), self.axis)
 
     def slice(self, start: int, stop: int) -> Layout:
         """Positions ``start .. stop-1`` (a ``split`` along channels)."""
-        return Layout(self.group[start:stop], self.index[start:stop])
+        return Layout(self.group[start:stop], self.index[start:stop], self.axis)
 
     def plain_group(self) -> int | None:
         """The group id if this layout is one group, whole and in order, else ``None``."""
@@ -109,7 +126,7 @@ class Layout:
         tracked = self.group != UNTRACKED
         group = self.group.copy()
         group[tracked] = table[self.group[tracked]]
-        return Layout(group, self.index)
+        return Layout(group, self.index, self.axis)
 
     def occurrence(self) -> np.ndarray:
         """For each position, how many earlier positions hold the same (group, index).

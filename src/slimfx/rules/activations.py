@@ -33,10 +33,11 @@ DROPOUT_MODULES = (
 
 
 class ElementwiseUnary(Passthrough):
-    """An activation applied channel by channel."""
+    """An activation applied channel by channel (to tokens too: elementwise)."""
 
     name = "activation"
     homogeneous = False
+    any_channel_axis = True
 
     def propagate(self, node, ctx):
         values = ctx.values(first_input(node))
@@ -155,6 +156,7 @@ class PReLU(ElementwiseUnary):
 
     name = "prelu"
     homogeneous = True
+    any_channel_axis = False  # its slopes scale dim 1
 
     def rewrite(self, node, ctx):
         module = ctx.module(node)
@@ -190,3 +192,4 @@ class Identity(Passthrough):
     """Dropout (the identity at inference) and tensor methods that keep values."""
 
     name = "identity"
+    any_channel_axis = True

@@ -4,7 +4,8 @@
    channels one to one (a residual add, a squeeze-and-excitation gate): one group;
 2. an operand that broadcasts over the channel axis (a scalar, a ``(N, 1, H, W)`` map) does
    not couple; a per-channel parameter or buffer (``(1, C, 1, 1)``) is sliced with the
-   channels;
+   channels; a per-channel value computed from parameters alone (a layer scale's
+   ``gamma.view(1, -1, 1, 1)``) is indexed by the kept channels where it is used;
 3. ``cat`` along channels concatenates layouts (each input keeps its own group; consumers see
    the offsets); along another axis it couples the inputs;
 4. ``split``/``chunk`` along channels slice the layout; the slim model splits by the kept
@@ -22,7 +23,15 @@ import torch.fx as fx
 
 from slimfx.ir.layout import Layout
 from slimfx.ir.values import PrunedValues, combine_add, combine_div, combine_mul
-from slimfx.rules.base import Rule, arg_value, first_input, node_shape
+from slimfx.rules.base import (
+    Rule,
+    arg_value,
+    constant_value,
+    first_input,
+    is_constant_expression,
+    moved,
+    node_shape,
+)
 from slimfx.rules.registry import register
 
 ADD = (operator.add, operator.iadd, torch.add, "add", "add_")
@@ -37,10 +46,26 @@ def _operands(node: fx.Node) -> list:
     return [first, second]
 
 
-def _channel_dim(operand_shape: tuple, out_rank: int) -> int | None:
-    """Which dim of a broadcast operand lines up with the output's dim 1."""
-    d = 1 - (out_rank - len(operand_shape))
+def _channel_dim(operand_shape: tuple, out_rank: int, axis: int = 1) -> int | None:
+    """Which dim of a broadcast operand lines up with the output's dim ``axis``."""
+    d = axis - (out_rank - len(operand_shape))
     return d if d >= 0 else None
+
+
+def _output_axis(node: fx.Node, ctx) -> int | None:
+    """The output dim holding the channels of the operands with tracked channels (1 when
+    none has any), or ``None`` when they disagree. (Untracked channels say nothing about
+    where a tensor's channels are: an op without a rule gives its output untracked
+    channels in dim 1.)"""
+    out_rank = len(node_shape(node))
+    axes = set()
+    for operand in _operands(node):
+        layout, shape = ctx.layout(operand), node_shape(operand)
+        if layout is not None and shape is not None and layout.group_ids():
+            axes.add(layout.axis + out_rank - len(shape))
+    if len(axes) > 1:
+        return None
+    return axes.pop() if axes else 1
 
 
 @register(*ADD, *SUB, *MUL, *DIV)
@@ -48,12 +73,15 @@ class Binary(Rule):
     """Elementwise arithmetic between tensors, parameters and scalars."""
 
     name = "elementwise"
+    any_channel_axis = True
 
     def _classify(self, node, ctx):
-        """Per operand: ('layout', Layout), ('channel-attr', dim), ('scalar', v) or ('other',)."""
+        """Per operand: ('layout', Layout), ('channel-attr', dim), ('channel-constant', dim),
+        ('scalar', v), ('unknown-channel',) or ('other',)."""
         out_shape = node_shape(node)
         out_rank = len(out_shape)
-        width = out_shape[1] if out_rank >= 2 else None
+        axis = _output_axis(node, ctx)
+        width = out_shape[axis] if out_rank >= 2 and axis is not None else None
         kinds = []
         for operand in _operands(node):
             if isinstance(operand, int | float | bool):
@@ -66,13 +94,15 @@ class Binary(Rule):
             if shape is None:
                 kinds.append(("other",))  # a runtime Python number
                 continue
-            d = _channel_dim(shape, out_rank) if width is not None else None
+            d = _channel_dim(shape, out_rank, axis) if width is not None else None
             spans = d is not None and shape[d] == width and width != 1
             layout = ctx.layout(operand)
-            if spans and layout is not None and d == 1:
+            if spans and layout is not None and d == layout.axis:
                 kinds.append(("layout", layout))
             elif spans and operand.op == "get_attr":
                 kinds.append(("channel-attr", d))
+            elif spans and is_constant_expression(operand):
+                kinds.append(("channel-constant", d))
             elif spans:
                 kinds.append(("unknown-channel",))
             else:
@@ -83,24 +113,29 @@ class Binary(Rule):
         out_shape = node_shape(node)
         if out_shape is None or len(out_shape) < 2:
             return None
+        axis = _output_axis(node, ctx)
+        if axis is None:
+            layouts = ctx.layouts_in(node.args)
+            ctx.unsupported(node, layouts, "elementwise op between channels in different dims")
+            return Layout.untracked(out_shape[1])
         kinds = self._classify(node, ctx)
         layouts = [k[1] for k in kinds if k[0] == "layout"]
         if any(k[0] == "unknown-channel" for k in kinds):
             ctx.unsupported(node, layouts, "elementwise op with an untracked channel operand")
-            return Layout.untracked(out_shape[1])
+            return Layout.untracked(out_shape[axis], axis)
         if not layouts:
             return None
         ctx.couple(node, layouts)
         ctx.space(node, layouts[0])
-        return layouts[0]
+        return moved(layouts[0], axis)
 
     def _operand_values(self, node, ctx, kind, operand, size):
         if kind[0] == "layout":
             return ctx.values(operand)
         if kind[0] == "scalar":
             return PrunedValues.exact(np.full(size, kind[1]))
-        if kind[0] == "channel-attr":
-            tensor = ctx.attr(operand).detach().double()
+        if kind[0] in ("channel-attr", "channel-constant"):
+            tensor = constant_value(operand, ctx).detach().double()
             d = kind[1]
             moved = tensor.movedim(d, 0).reshape(tensor.shape[d], -1)
             if moved.shape[1] == 1 or bool((moved == moved[:, :1]).all()):
@@ -134,7 +169,7 @@ class Binary(Rule):
 
     def rewrite(self, node, ctx):
         kinds = self._classify(node, ctx) if node_shape(node) and len(node_shape(node)) >= 2 else []
-        if not any(k[0] == "channel-attr" for k in kinds):
+        if not any(k[0] in ("channel-attr", "channel-constant") for k in kinds):
             return ctx.emit(node)
         kept = ctx.kept(node)
         operands = _operands(node)
@@ -142,6 +177,11 @@ class Binary(Rule):
         for kind, operand in zip(kinds, operands, strict=True):
             if kind[0] == "channel-attr":
                 replaced[operand] = ctx.sliced_attr(operand, kind[1], kept)
+            elif kind[0] == "channel-constant":  # computed in the graph: index it here
+                index = (*(slice(None),) * kind[1], [int(k) for k in kept])
+                replaced[operand] = ctx.emit_function(
+                    operand, operator.getitem, (operand, index), {}
+                )
         args = tuple(replaced.get(a, a) if isinstance(a, fx.Node) else a for a in node.args)
         kwargs = {
             k: replaced.get(v, v) if isinstance(v, fx.Node) else v for k, v in node.kwargs.items()
@@ -160,6 +200,7 @@ class Cat(Rule):
     """Concatenation: along channels joins layouts, along other axes couples them."""
 
     name = "concat"
+    any_channel_axis = True
 
     def analyze(self, node, ctx):
         tensors, dim = _cat_inputs(node)
@@ -167,12 +208,19 @@ class Cat(Rule):
         if out_shape is None or len(out_shape) < 2:
             return None
         dim %= len(out_shape)
+        axes = {lay.axis for lay in map(ctx.layout, tensors) if lay and lay.group_ids()}
+        if len(axes) > 1:
+            what = "concatenation of channels in different dims"
+            ctx.unsupported(node, ctx.layouts_in(tensors), what)
+            return Layout.untracked(out_shape[1])
+        axis = axes.pop() if axes else 1
         layouts = []
         for t in tensors:
             lay = ctx.layout(t)
-            shape = node_shape(t)
-            layouts.append(lay if lay is not None else Layout.untracked(shape[1]))
-        if dim == 1:
+            if lay is None or lay.axis != axis:  # untracked where the others' channels are
+                lay = Layout.untracked(node_shape(t)[axis], axis)
+            layouts.append(lay)
+        if dim == axis:
             return Layout.concat(layouts)
         ctx.couple(node, layouts)
         ctx.space(node, layouts[0])
@@ -180,12 +228,14 @@ class Cat(Rule):
 
     def propagate(self, node, ctx):
         tensors, dim = _cat_inputs(node)
-        parts = [ctx.values(t) for t in tensors]
+        axis = ctx.layout(node).axis if ctx.layout(node) is not None else 1
         parts = [
-            p if p is not None else PrunedValues.unknown(node_shape(t)[1])
-            for p, t in zip(parts, tensors, strict=True)
+            ctx.values(t)
+            if ctx.layout(t) is not None and ctx.layout(t).axis == axis
+            else PrunedValues.unknown(node_shape(t)[axis])
+            for t in tensors
         ]
-        if dim % len(node_shape(node)) == 1:
+        if dim % len(node_shape(node)) == axis:
             return PrunedValues.concat(parts)
         first = parts[0].as_unknown_unless_exact()
         same = np.ones(len(first), dtype=bool)
@@ -216,6 +266,7 @@ class Split(Rule):
     """``split``/``chunk``: along channels each piece is a slice of the layout."""
 
     name = "split"
+    any_channel_axis = True
 
     def _dim(self, node) -> int:
         pos = 2
@@ -226,12 +277,13 @@ class Split(Rule):
         layout = ctx.layout(inp)
         if layout is None:
             return None
-        if self._dim(node) != 1:
+        if self._dim(node) != layout.axis:
             return tuple(layout for _ in node.meta["tensor_meta"])
         sizes = _split_sizes(node, len(layout))
         if sizes is None:
             ctx.unsupported(node, [layout], "split with sizes computed at run time")
-            return tuple(Layout.untracked(m.shape[1]) for m in node.meta["tensor_meta"])
+            axis = layout.axis
+            return tuple(Layout.untracked(m.shape[axis], axis) for m in node.meta["tensor_meta"])
         bounds = np.cumsum([0, *sizes])
         pieces = [layout.slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
         for piece in pieces:
@@ -243,7 +295,7 @@ class Split(Rule):
         layouts = ctx.output_layouts(node)
         if values is None or layouts is None:
             return None
-        if self._dim(node) != 1:
+        if self._dim(node) != ctx.layout(first_input(node)).axis:
             return tuple(values for _ in layouts)
         out, start = [], 0
         for lay in layouts:
@@ -253,7 +305,8 @@ class Split(Rule):
 
     def rewrite(self, node, ctx):
         layouts = ctx.output_layouts(node)
-        if self._dim(node) != 1 or ctx.layout(first_input(node)) is None:
+        layout = ctx.layout(first_input(node))
+        if layout is None or self._dim(node) != layout.axis:
             return ctx.emit(node)
         mask = ctx.kept_mask(first_input(node))
         sizes, start = [], 0
@@ -262,4 +315,6 @@ class Split(Rule):
             start += len(lay)
         if any(s == 0 for s in sizes):
             raise AssertionError(f"a split piece of {node.name} lost every channel")
-        return ctx.emit_function(node, torch.split, (first_input(node), sizes), {"dim": 1})
+        return ctx.emit_function(
+            node, torch.split, (first_input(node), sizes), {"dim": layout.axis}
+        )

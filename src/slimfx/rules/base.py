@@ -20,6 +20,7 @@ the error a wrongly shaped example input gets, and what it outputs on the ``meta
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -45,6 +46,49 @@ def node_shape(node: Any) -> tuple[int, ...] | None:
     return tuple(shape) if shape is not None else None
 
 
+def moved(layout: Layout, axis: int) -> Layout | None:
+    """``layout`` with its channels in tensor dim ``axis``; ``None`` for untracked channels
+    moved out of dim 1 (they say nothing about where a tensor's channels are: an op
+    without a rule gives its output untracked channels in dim 1, whatever it is)."""
+    if axis != 1 and not layout.group_ids():
+        return None
+    return layout.with_axis(axis)
+
+
+def is_constant_expression(node: Any) -> bool:
+    """Whether ``node`` is computed from parameters, buffers and literals alone (a layer
+    scale's ``gamma.view(1, -1, 1, 1)``, ``alpha.sigmoid()``): it does not depend on the
+    model's inputs."""
+    if not isinstance(node, fx.Node) or node.op == "get_attr":
+        return False
+    seen, todo = set(), [node]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        if current.op in ("placeholder", "output"):
+            return False
+        todo.extend(current.all_input_nodes)
+    return True
+
+
+def constant_value(node: fx.Node, ctx: Any) -> Any:
+    """The value of a constant expression (:func:`is_constant_expression`), computed in
+    float64 from the traced module's attributes (the values pruned channels carry are
+    float64 whatever the model's dtype)."""
+    if node.op == "get_attr":
+        value = ctx.attr(node)
+        return value.double() if torch.is_tensor(value) and value.is_floating_point() else value
+    args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: constant_value(n, ctx))
+    with torch.no_grad():
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)
+        if node.op == "call_method":
+            return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+        return copy.deepcopy(ctx.module(node)).double()(*args, **kwargs)
+
+
 def arg_value(node: fx.Node, position: int, name: str, default: Any) -> Any:
     """An argument given by position or keyword."""
     if len(node.args) > position:
@@ -57,6 +101,10 @@ class Rule:
 
     #: Short human name used in reports.
     name = "op"
+    #: Whether the rule handles layouts whose channels are not in dim 1 (tokens
+    #: ``(N, L, C)``, :attr:`slimfx.ir.layout.Layout.axis`). Other rules never see such
+    #: layouts: the walk gives their nodes the rule for unknown ops, which freezes them.
+    any_channel_axis = False
 
     def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Layout | tuple | None:
         """The layout of the node's output (see the module docstring)."""

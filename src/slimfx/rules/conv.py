@@ -7,8 +7,8 @@
 3. other grouped convolutions: a sink and a producer whose input and output channels come
    in ``groups`` blocks that must each keep the same number of channels, so the slim
    convolution keeps its group count;
-4. linear layers on inputs of rank > 2 (channel not in dim 1): the channels they touch are
-   frozen.
+4. linear layers on tokens ``(N, L, C)``: the same on the last axis (their input layout
+   must hold its channels there; the output's channels are there too).
 """
 
 from __future__ import annotations
@@ -132,6 +132,7 @@ class Linear(Rule):
     """Linear layer on ``(N, F)``: sink of its input features, producer of new ones."""
 
     name = "linear"
+    any_channel_axis = True
 
     def expected_input(self, module):
         return f"(N, ..., {module.in_features})"
@@ -146,21 +147,22 @@ class Linear(Rule):
     def analyze(self, node, ctx):
         inp = first_input(node)
         in_layout = ctx.layout(inp)
-        shape = ctx.shape(inp)
-        if shape is not None and len(shape) != 2:
-            # features are the last axis, not dim 1: nothing here is a channel axis we track
-            ctx.unsupported(
-                node, [in_layout] if in_layout else [], "linear layer on a rank > 2 input"
-            )
-            out_shape = ctx.shape(node)
-            return Layout.untracked(out_shape[1]) if out_shape and len(out_shape) >= 2 else None
+        shape, out_shape = ctx.shape(inp), ctx.shape(node)
+        if shape is None or len(shape) < 2:
+            return None
+        if in_layout is not None and in_layout.axis != len(shape) - 1:
+            if in_layout.group_ids():
+                ctx.unsupported(node, [in_layout], "linear layer across a non-channel axis")
+                return Layout.untracked(out_shape[1])
+            in_layout = None  # untracked channels elsewhere: its features are no group
         if in_layout is not None:
             ctx.add_sink(node, inp, padded=False, has_bias=ctx.module(node).bias is not None)
-        return ctx.new_group(node, ctx.module(node).out_features)
+        out = ctx.new_group(node, ctx.module(node).out_features)
+        return out.with_axis(len(out_shape) - 1)
 
     def rewrite(self, node, ctx):
         linear = ctx.module(node)
-        if len(ctx.shape(first_input(node)) or ()) != 2:
+        if ctx.layout(node) is None:
             return ctx.emit(node, module=ctx.unchanged(node))
         new = slice_consumer(linear, node, ctx, "in_features", "out_features")
         return ctx.emit(node, module=new)
@@ -174,6 +176,7 @@ class FunctionalLinear(Rule):
     channels it touches are frozen."""
 
     name = "linear"
+    any_channel_axis = True
 
     def tensors(self, node: fx.Node) -> tuple[Any, Any]:
         return arg_value(node, 1, "weight", None), arg_value(node, 2, "bias", None)
@@ -187,22 +190,25 @@ class FunctionalLinear(Rule):
         inp = first_input(node)
         in_layout = ctx.layout(inp)
         shape, out_shape = ctx.shape(inp), ctx.shape(node)
+        if in_layout is not None and in_layout.axis != len(shape or ()) - 1:
+            in_layout = in_layout if in_layout.group_ids() else None  # as for Linear
         touched = [in_layout] if in_layout else []
-        if shape is None or len(shape) != 2 or not self.sliceable(node):
+        if shape is None or len(shape) < 2:
+            return None
+        if not self.sliceable(node) or (in_layout and in_layout.axis != len(shape) - 1):
             what = (
-                "linear layer on a rank > 2 input"
-                if shape and len(shape) != 2
-                else ("linear with a weight computed in the graph")
+                "linear with a weight computed in the graph"
+                if not self.sliceable(node)
+                else "linear layer across a non-channel axis"
             )
             ctx.unsupported(node, touched, what)
-            return Layout.untracked(out_shape[1]) if out_shape and len(out_shape) >= 2 else None
+            return Layout.untracked(out_shape[1])
         if in_layout is not None:
             ctx.add_sink(node, inp, padded=False, has_bias=self.tensors(node)[1] is not None)
-        return ctx.new_group(node, out_shape[1])
+        return ctx.new_group(node, out_shape[-1]).with_axis(len(out_shape) - 1)
 
     def rewrite(self, node, ctx):
-        shape = ctx.shape(first_input(node))
-        if shape is None or len(shape) != 2 or not self.sliceable(node):
+        if ctx.layout(node) is None or not self.sliceable(node):
             return ctx.emit(node)
         weight_node, bias_node = self.tensors(node)
         rows = ctx.kept(node)

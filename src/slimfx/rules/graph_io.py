@@ -91,12 +91,22 @@ class Unknown(Rule):
 
     def analyze(self, node, ctx):
         layouts = ctx.layouts_in((node.args, node.kwargs))
-        if ctx.is_opaque(node):
-            what = "opaque leaf module (could not be traced)"
-        else:
-            what = "no rule for op"
-        ctx.unsupported(node, layouts, what)
+        ctx.unsupported(node, layouts, self.what(node, ctx))
         return untracked_like(node.meta.get("tensor_meta"))
+
+    def what(self, node, ctx) -> str:
+        """Why the op's channels are frozen, for the report."""
+        if ctx.is_opaque(node):
+            return "opaque leaf module (could not be traced)"
+        return "no rule for op"
 
     def propagate(self, node, ctx):
         return unknown_like(ctx.output_layouts(node))
+
+
+class UnknownOnTokens(Unknown):
+    """An op whose rule knows channels in dim 1 only, on a tensor that holds them elsewhere
+    (tokens ``(N, L, C)``): frozen like an op without a rule."""
+
+    def what(self, node, ctx) -> str:
+        return "op with channels outside dim 1 (tokens) and no rule for that"

@@ -1,11 +1,16 @@
-"""Ops that move data between axes: flatten, view/reshape, squeeze, spatial reductions, indexing.
+"""Ops that move data between axes: flatten, view/reshape, transpose, spatial reductions,
+indexing.
 
-The channel axis stays dim 1. A reshape is understood from the recorded shapes:
+The channel axis is dim 1, or the last dim of a token tensor ``(N, L, C)`` (a transpose or
+permute moves it: :attr:`slimfx.ir.layout.Layout.axis`). A reshape is understood from the
+recorded shapes:
 
 1. ``(N, C, *S) -> (N, C, *S')``: channels unchanged (``view(N, C, -1)``, ``squeeze(-1)``);
 2. ``(N, C, *S) -> (N, C*m, *S'')`` with ``m`` the product of the leading spatial dims:
    channel ``c`` becomes ``c*m .. c*m+m-1`` (``flatten(1)``, ``view(x.size(0), -1)``);
-3. anything else (a channel shuffle, a flatten into the batch) has no rule.
+3. ``(*B, C) -> (*B', C)`` with the channels last before and after and the other dims
+   regrouped (tokens into a batch of rows, ``x.flatten(0, 1)``, and back, ``reshape_as``);
+4. anything else (a channel shuffle, channels split into attention heads) has no rule.
 
 Literal sizes in a reshape's arguments (``x.view(-1, 512 * 7 * 7)``) are rewritten to the
 slim sizes; sizes computed at run time (``x.size(0)``) need nothing.
@@ -22,7 +27,7 @@ import torch.fx as fx
 
 from slimfx.ir.layout import Layout
 from slimfx.ir.values import PrunedValues
-from slimfx.rules.base import Rule, first_input, node_shape
+from slimfx.rules.base import Rule, first_input, moved, node_shape
 from slimfx.rules.registry import register
 
 
@@ -43,24 +48,31 @@ def _reshape_factor(in_shape: tuple, out_shape: tuple) -> int | None:
     return None
 
 
-def _channel_count_sources(arg, seen=None) -> list[fx.Node]:
-    """Tensors whose channel count a size argument is computed from (``t.size(1)``,
-    ``t.shape[1]``, and arithmetic on them)."""
+def _dim_size_sources(arg, seen=None) -> list[tuple[fx.Node, int]]:
+    """``(tensor, dim)`` pairs whose sizes a size argument is computed from
+    (``t.size(1)``, ``t.shape[-1]``, and arithmetic on them)."""
     seen = set() if seen is None else seen
     if not isinstance(arg, fx.Node) or arg in seen or "tensor_meta" in arg.meta:
         return []
     seen.add(arg)
-    if arg.op == "call_method" and arg.target == "size" and arg.args[1:2] == (1,):
-        return [arg.args[0]]
-    if arg.op == "call_function" and arg.target is operator.getitem and arg.args[1] == 1:
+    found = None
+    if arg.op == "call_method" and arg.target == "size" and len(arg.args) == 2:
+        found = arg.args[0], arg.args[1]
+    if arg.op == "call_function" and arg.target is operator.getitem:
         base = arg.args[0]
         if isinstance(base, fx.Node) and (
             (base.op == "call_function" and base.target is getattr and base.args[1] == "shape")
             or (base.op == "call_method" and base.target == "size" and len(base.args) == 1)
         ):
-            return [base.args[0]]
+            found = base.args[0], arg.args[1]
+    if found is not None:
+        tensor, dim = found
+        shape = node_shape(tensor)
+        if isinstance(dim, int) and shape is not None and -len(shape) <= dim < len(shape):
+            return [(tensor, dim % len(shape))]
+        return []
     if arg.op in ("call_function", "call_method"):
-        return [t for a in arg.args for t in _channel_count_sources(a, seen)]
+        return [t for a in arg.args for t in _dim_size_sources(a, seen)]
     return []
 
 
@@ -69,9 +81,9 @@ def _freeze_foreign_sizes(node: fx.Node, layout: Layout | None, ctx) -> None:
     ``C = x.shape[1]``): in the slim model the size follows ``x``'s kept count, so ``x``'s
     channels must keep their width unless ``y`` holds the very same channels."""
     sizes = [a for a in (*node.args[1:], *node.kwargs.values())]
-    for source in {t for a in sizes for t in _channel_count_sources(a)}:
+    for source, dim in {t for a in sizes for t in _dim_size_sources(a)}:
         theirs = ctx.layout(source)
-        if theirs is None:
+        if theirs is None or theirs.axis != dim:
             continue
         same = (
             layout is not None
@@ -97,29 +109,58 @@ def _freeze_foreign_sizes(node: fx.Node, layout: Layout | None, ctx) -> None:
     torch.unsqueeze,
     torch.nn.Flatten,
     torch.nn.Unflatten,
+    "reshape_as",
+    "view_as",
 )
 class Reshape(Rule):
     """Flatten/view/reshape/squeeze understood from shapes (see the module docstring)."""
 
     name = "reshape"
+    any_channel_axis = True
+
+    def _mapping(self, node, layout) -> tuple[str, int] | None:
+        """``("expand", m)`` (rules 1 and 2 of the module docstring), ``("last", axis)``
+        (rule 3) or ``None``."""
+        in_shape, out_shape = node_shape(first_input(node)), node_shape(node)
+        if in_shape is None or out_shape is None:
+            return None
+        if layout.axis == 1:
+            factor = _reshape_factor(in_shape, out_shape)
+            if factor is not None:
+                return "expand", factor
+        last_kept = (
+            layout.axis == len(in_shape) - 1
+            and len(out_shape) >= 2
+            and out_shape[-1] == in_shape[-1]
+            and math.prod(in_shape[:-1]) == math.prod(out_shape[:-1])
+        )
+        return ("last", len(out_shape) - 1) if last_kept else None
 
     def analyze(self, node, ctx):
         inp = first_input(node)
         layout = ctx.layout(inp)
-        in_shape, out_shape = node_shape(inp), node_shape(node)
+        out_shape = node_shape(node)
         _freeze_foreign_sizes(node, layout, ctx)
         if layout is None:
             return None
-        factor = (
-            None if in_shape is None or out_shape is None else _reshape_factor(in_shape, out_shape)
-        )
-        if factor is None:
+        mapping = self._mapping(node, layout)
+        if mapping is None:
             ctx.unsupported(node, [layout], "reshape that moves the channel axis")
             return Layout.untracked(out_shape[1]) if out_shape and len(out_shape) >= 2 else None
-        if factor == 1:
-            ctx.space(node, layout)
-            return layout
-        return layout.expand(factor)
+        kind, k = mapping
+        if kind == "expand" and k != 1:
+            return layout.expand(k)
+        out = moved(layout, k if kind == "last" else 1)
+        if out is None:
+            return None
+        if node.target in ("reshape_as", "view_as") and ctx.layout(node.args[1]) != out:
+            # the slim size comes from the other tensor: it must hold the same channels
+            theirs = ctx.layout(node.args[1])
+            touched = [layout] + ([theirs] if theirs is not None else [])
+            ctx.unsupported(node, touched, "reshape to the shape of a tensor of other channels")
+            return Layout.untracked(out_shape[k], k) if kind == "last" else None
+        ctx.space(node, layout)
+        return out
 
     def propagate(self, node, ctx):
         inp = first_input(node)
@@ -127,15 +168,15 @@ class Reshape(Rule):
         layout = ctx.layout(node)
         if values is None or layout is None:
             return None
-        in_shape, out_shape = node_shape(inp), node_shape(node)
-        factor = (
-            None if in_shape is None or out_shape is None else _reshape_factor(in_shape, out_shape)
-        )
-        if factor is None:  # the channel axis moved: the analysis froze it
+        mapping = self._mapping(node, ctx.layout(inp))
+        if mapping is None:  # the channel axis moved: the analysis froze it
             return PrunedValues.unknown(len(layout))
-        if factor == 1:
+        kind, k = mapping
+        if kind == "last":
+            return values.as_unknown_unless_exact()
+        if k == 1:
             return values
-        return values.as_unknown_unless_exact().repeat(factor)
+        return values.as_unknown_unless_exact().repeat(k)
 
     def rewrite(self, node, ctx):
         if node.op == "call_module":
@@ -150,8 +191,9 @@ class Reshape(Rule):
         sizes = list(args[1]) if packed else args[1:]
         if "shape" in node.kwargs:
             sizes = list(node.kwargs["shape"])
-        if len(sizes) > 1 and isinstance(sizes[1], int) and sizes[1] != -1:
-            sizes[1] = len(kept)
+        axis = ctx.layout(node).axis
+        if len(sizes) > axis and isinstance(sizes[axis], int) and sizes[axis] != -1:
+            sizes[axis] = len(kept)
         kwargs = dict(node.kwargs)
         if "shape" in kwargs:
             kwargs["shape"] = tuple(sizes)
@@ -170,11 +212,55 @@ def _reduced_dims(node: fx.Node, rank: int) -> tuple[int, ...] | None:
     return tuple(sorted(d % rank for d in dims))
 
 
+def _permutation(node: fx.Node, rank: int) -> list[int] | None:
+    """Where each output dim of a transpose/permute comes from."""
+    args = list(node.args[1:])
+    if node.target in ("transpose", torch.transpose, "swapaxes", torch.swapaxes):
+        dims = args or [node.kwargs.get("dim0"), node.kwargs.get("dim1")]
+        if len(dims) != 2 or not all(isinstance(d, int) for d in dims):
+            return None
+        perm = list(range(rank))
+        a, b = (d % rank for d in dims)
+        perm[a], perm[b] = perm[b], perm[a]
+        return perm
+    dims = args[0] if len(args) == 1 and isinstance(args[0], tuple | list) else args
+    dims = dims or node.kwargs.get("dims")
+    if not dims or len(dims) != rank or not all(isinstance(d, int) for d in dims):
+        return None
+    return [d % rank for d in dims]
+
+
+@register("transpose", torch.transpose, "swapaxes", torch.swapaxes, "permute", torch.permute)
+class Transpose(Rule):
+    """A transpose or permute moves the channel axis (into tokens ``(N, L, C)`` and back)."""
+
+    name = "transpose"
+    any_channel_axis = True
+
+    def analyze(self, node, ctx):
+        layout = ctx.layout(first_input(node))
+        if layout is None:
+            return None
+        perm = _permutation(node, len(node_shape(node)))
+        if perm is None or perm[0] != 0:
+            ctx.unsupported(node, [layout], "transpose of the batch axis or of computed dims")
+            out = node_shape(node)
+            return Layout.untracked(out[1]) if len(out) >= 2 else None
+        ctx.space(node, layout)
+        return moved(layout, perm.index(layout.axis))
+
+    def propagate(self, node, ctx):
+        values = ctx.values(first_input(node))
+        return values.as_unknown_unless_exact() if values is not None else None
+
+
 @register(torch.mean, "mean", torch.sum, "sum", torch.amax, "amax", torch.amin, "amin")
 class SpatialReduce(Rule):
-    """A reduction over spatial dims only (``x.mean(dim=(2, 3))``, global pooling)."""
+    """A reduction over spatial dims or tokens only (``x.mean(dim=(2, 3))``, global
+    pooling, ``tokens.mean(1)``)."""
 
     name = "spatial-reduce"
+    any_channel_axis = True
 
     def analyze(self, node, ctx):
         inp = first_input(node)
@@ -183,12 +269,14 @@ class SpatialReduce(Rule):
             return None
         shape = node_shape(inp)
         dims = _reduced_dims(node, len(shape)) if shape else None
-        if dims is None or 0 in dims or 1 in dims:
+        if dims is None or 0 in dims or layout.axis in dims:
             ctx.unsupported(node, [layout], "reduction over the batch or channel axis")
             out = node_shape(node)
             return Layout.untracked(out[1]) if out and len(out) >= 2 else None
         ctx.space(node, layout)
-        return layout
+        if len(node_shape(node)) == len(shape):  # keepdim
+            return layout
+        return moved(layout, layout.axis - sum(d < layout.axis for d in dims))
 
     def propagate(self, node, ctx):
         values = ctx.values(first_input(node))
@@ -208,6 +296,7 @@ class GetItem(Rule):
     slice of a tensor."""
 
     name = "getitem"
+    any_channel_axis = True
 
     def analyze(self, node, ctx):
         source, index = node.args[0], node.args[1]
@@ -219,12 +308,13 @@ class GetItem(Rule):
         layout = ctx.layout(source)
         if layout is None:
             return None
-        kind = _tensor_index_kind(index)
+        kind = _tensor_index_kind(index, layout.axis)
         if kind == "spatial":
             ctx.space(node, layout)
-            return layout
+            dropped = sum(isinstance(i, int) for i in index[: layout.axis])
+            return moved(layout, layout.axis - dropped)
         if kind == "channel":
-            sl = index[1]
+            sl = index[layout.axis]
             piece = layout.slice(*sl.indices(len(layout))[:2])
             ctx.cut(node, piece)  # a slice of a group becomes a group of its own
             return piece
@@ -242,43 +332,54 @@ class GetItem(Rule):
         values = ctx.values(source)
         if values is None:
             return None
-        kind = _tensor_index_kind(index)
+        axis = ctx.layout(source).axis
+        kind = _tensor_index_kind(index, axis)
         if kind == "spatial":
             return values.repattern(ctx.new_pattern(node, values.pattern))
         if kind == "channel":
-            start, stop, _ = index[1].indices(len(values))
+            start, stop, _ = index[axis].indices(len(values))
             return values.take(np.arange(start, stop))
         return PrunedValues.unknown(len(ctx.layout(node)))
 
     def rewrite(self, node, ctx):
         source, index = node.args[0], node.args[1]
-        if _tensor_index_kind(index) != "channel" or isinstance(ctx.output_layouts(source), tuple):
+        layout = ctx.layout(source)
+        if isinstance(ctx.output_layouts(source), tuple) or layout is None:
             return ctx.emit(node)
-        start, stop, _ = index[1].indices(len(ctx.layout(source)))
+        if _tensor_index_kind(index, layout.axis) != "channel":
+            return ctx.emit(node)
+        start, stop, _ = index[layout.axis].indices(len(layout))
         kept = ctx.kept(source)
         new_start, new_stop = int(np.searchsorted(kept, start)), int(np.searchsorted(kept, stop))
-        new_index = (index[0], slice(new_start, new_stop), *index[2:])
-        return ctx.emit(node, args=(source, new_index))
+        new_index = list(index)
+        new_index[layout.axis] = slice(new_start, new_stop)
+        return ctx.emit(node, args=(source, tuple(new_index)))
 
 
-def _tensor_index_kind(index) -> str:
-    """'spatial' (``x[:, :, a:b]``), 'channel' (``x[:, a:b]``) or 'other'."""
-    if not isinstance(index, tuple) or len(index) < 2:
-        return "other"
+def _forward(sl: slice) -> bool:
+    return sl.step is None or (isinstance(sl.step, int) and sl.step > 0)
+
+
+def _tensor_index_kind(index, axis: int = 1) -> str:
+    """'spatial' (``x[:, :, a:b]``, ``tokens[:, 0]``: every position but the batch and
+    the channel axis ``axis`` a slice or an int), 'channel' (``x[:, a:b]``: a slice of the
+    channel axis only) or 'other'."""
+    if not isinstance(index, tuple):
+        index = (index,)
     full = slice(None, None, None)
     if index[0] != full or any(i is None or i is Ellipsis for i in index):
         return "other"
-    if index[1] == full:
-        rest = index[2:]
-        if all(isinstance(i, slice) and i.step in (None, 1) for i in rest):
-            return "spatial"
+    if len(index) <= axis or index[axis] == full:
+        rest = [i for p, i in enumerate(index) if p not in (0, axis)]
+        if all(isinstance(i, int) or (isinstance(i, slice) and _forward(i)) for i in rest):
+            return "spatial" if len(index) > 1 else "other"
         return "other"
-    sl = index[1]
+    sl = index[axis]
     if (
         isinstance(sl, slice)
         and sl.step in (None, 1)
         and all(isinstance(b, int | type(None)) for b in (sl.start, sl.stop))
-        and all(i == full for i in index[2:])
+        and all(i == full for p, i in enumerate(index) if p != axis)
     ):
         return "channel"
     return "other"
