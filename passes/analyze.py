@@ -190,16 +190,16 @@ class AnalyzeContext(GraphReader):
         if np.any((a.group == UNTRACKED) != (b.group == UNTRACKED)):
             return None
         pairs = {(int(x), int(y)) for x, y in zip(a.group, b.group, strict=True) if x != y}
-        partner: dict[int, int] = {}
         for x, y in pairs:
-            if partner.setdefault(x, y) != y or partner.setdefault(y, x) != x:
-                return None
             if self.group_sizes[x] != self.group_sizes[y]:
                 return None
-        for x, _ in pairs:
-            covered = np.unique(a.index[a.group == x])
-            if len(covered) != self.group_sizes[x]:
-                return None
+        # a group may meet several (a ghost module's [A, A] against a shortcut cut into
+        # [B0, B1]: A, B0 and B1 become one group, held twice by both tensors); each must
+        # be whole in its layout
+        for lay, ids in ((a, {x for x, _ in pairs}), (b, {y for _, y in pairs})):
+            for g in ids:
+                if len(np.unique(lay.index[lay.group == g])) != self.group_sizes[g]:
+                    return None
         return pairs
 
     def add_scorer(self, node: fx.Node, layout: Layout, module: str | None = None) -> None:

@@ -75,19 +75,34 @@ def same_partitions(a: dict[str, list[np.ndarray]], b: dict[str, list[np.ndarray
 def matching_cuts(a: Layout, b: Layout, group_sizes: list[int]) -> list[tuple[int, np.ndarray]]:
     """Cuts of ``b``'s groups that make ``a`` and ``b`` tie piece to piece.
 
-    Where one group of ``b`` meets several groups of ``a`` position by position (a gate
-    computed from a whole group multiplies the concatenated pieces of a split), it is cut
-    where ``a``'s groups change. Only for groups that ``b`` holds whole and in order, with
-    ``a`` in order inside each piece; otherwise nothing is cut.
+    Where one group of ``b`` meets several runs of ``a``'s channels position by position, it
+    is cut between the runs: where ``a``'s groups change (a gate computed from a whole group
+    multiplies the concatenated pieces of a split), or where ``a`` holds one group twice (a
+    ghost module's group concatenated with a depthwise copy of itself, added to a shortcut).
+    Only for groups that ``b`` holds whole and in order, and where each run is the only one
+    of its group in ``a`` or holds that group whole; otherwise nothing is cut.
     """
     cuts = []
     for gid in b.group_ids():
         at = np.flatnonzero(b.group == gid)
         whole = len(at) == group_sizes[gid] and np.array_equal(b.index[at], np.arange(len(at)))
-        partners = np.unique(a.group[at])
-        if not whole or len(partners) < 2 or np.any(partners == UNTRACKED):
+        if not whole or np.any(a.group[at] == UNTRACKED):
             continue
-        pieces = [at[a.group[at] == partner] for partner in partners]
-        if all(np.all(np.diff(a.index[here]) == 1) for here in pieces):
+        pieces = _runs(a, at, group_sizes)
+        if pieces is not None and len(pieces) > 1:
             cuts += [(int(gid), b.index[here]) for here in pieces]
     return cuts
+
+
+def _runs(a: Layout, at: np.ndarray, group_sizes: list[int]) -> list[np.ndarray] | None:
+    """Positions ``at`` of ``a`` divided into runs of one group's consecutive channels;
+    ``None`` where a group has several runs and one of them does not hold it whole."""
+    pieces = []
+    for partner in np.unique(a.group[at]):
+        here = at[a.group[at] == partner]
+        runs = np.split(here, np.flatnonzero(np.diff(a.index[here]) != 1) + 1)
+        whole = np.arange(group_sizes[int(partner)])
+        if len(runs) > 1 and not all(np.array_equal(a.index[r], whole) for r in runs):
+            return None
+        pieces += runs
+    return pieces
