@@ -72,6 +72,7 @@ class AnalyzeContext(GraphReader):
         self.sinks: list[Sink] = []
         self.notes: list[str] = []
         self.blocks: dict[int, set[int]] = defaultdict(set)
+        self.splits: list[tuple[str, str, list[Layout]]] = []
 
     def layouts_in(self, args: Iterable[Any]) -> list[Layout]:
         """Layouts of every node found (recursively) in ``args``."""
@@ -155,6 +156,11 @@ class AnalyzeContext(GraphReader):
         if layouts:
             self.notes.append(reason)
         self.freeze(layouts, reason)
+
+    def split_pieces(self, node: fx.Node, kind: str, pieces: list[Layout]) -> None:
+        """Record that ``node`` divides a tensor into ``pieces``: into equal parts
+        (``kind="chunk"``) or at sizes its arguments give (``"sizes"``)."""
+        self.splits.append((node.name, kind, pieces))
 
     def couple(self, node: fx.Node, layouts: list[Layout]) -> None:
         """Tie layouts of equal length position by position (an elementwise op)."""
@@ -343,4 +349,8 @@ def _finish(ctx: AnalyzeContext) -> ChannelGraph:
         if not grp.scorers and not grp.frozen:
             logger.debug("group %s has no BatchNorm: it keeps its width", grp.name)
     notes = trace_notes(ctx.gm).lines() + ctx.notes
-    return ChannelGraph(ctx.gm, ctx.graph, groups, layouts, ctx.sinks, notes)
+    splits = [
+        (name, kind, [[int(new_ids[g]) for g in piece.group_ids()] for piece in pieces])
+        for name, kind, pieces in ctx.splits
+    ]
+    return ChannelGraph(ctx.gm, ctx.graph, groups, layouts, ctx.sinks, notes, splits)

@@ -28,11 +28,16 @@ Numbered cases (tests mirror them):
    image and 0 in the padding like every constant channel — and the consumers' weights on it
    hold the sum of the pruned channels' constant contributions. The result is exact at every
    border and for every input size.
+6. Pieces the model's forward sizes (``keep_forward``). Where the slim layers are to
+   replace the model's own, the groups a ``chunk`` divides keep equal widths: each is
+   widened to the widest by restoring its largest pruned channels (a piece frozen at full
+   width widens them all); a chunk whose pieces are not one whole group each, and every
+   ``split`` at sizes the forward gives, keeps its pieces whole.
 
 The plan refers to groups by name and holds only index lists; it round-trips through JSON.
 
-The file runs a little over 300 lines: it is the five cases above, which share one view
-of the sinks and read best in one place.
+The file runs to about 380 lines: it is the six cases above, which share one view of the
+sinks and read best in one place.
 """
 
 from __future__ import annotations
@@ -185,14 +190,21 @@ def plan(
     scores = {g.id: group_scores(cg, g, options.group_score) for g, _ in candidates}
     total = sum(g.size for g, _ in candidates)
     prune = _rank(candidates, scores, options.percent, options.min_channels, total, notes)
-    groups: dict[str, GroupPlan] = {}
-    pruned_count = 0
+    decided: dict[int, tuple[np.ndarray, int | None]] = {}
     for g, mode in candidates:
         pruned, carrier = prune[g.id], None
         if g.blocks > 1:
             pruned = _balance_blocks(g, pruned, scores[g.id], options)
         else:
             pruned, carrier = _round_and_carry(g, mode, pruned, scores[g.id], options, sinks)
+        decided[g.id] = pruned, carrier
+    if options.keep_forward:
+        modes = {g.id: mode for g, mode in candidates}
+        decided = _equal_pieces(cg, decided, modes, scores, sinks, notes)
+    groups: dict[str, GroupPlan] = {}
+    pruned_count = 0
+    for g, mode in candidates:
+        pruned, carrier = decided[g.id]
         pruned_count += int(pruned.sum())
         groups[g.name] = GroupPlan(g.name, g.size, np.flatnonzero(~pruned).tolist(), carrier, mode)
     pruned_scores = [scores[g.id][prune[g.id]] for g, _ in candidates]
@@ -312,6 +324,57 @@ def _balance_blocks(g, pruned, score, options: SlimOptions) -> np.ndarray:
         top = np.argsort(-block, kind="stable")[:k]
         out[b * size + top] = False
     return out
+
+
+def _equal_pieces(cg, decided, modes, scores, sinks, notes):
+    """Case 6: the groups of each chunk widened to equal widths, those of each split at
+    given sizes to their whole widths (a new dict)."""
+    decided = dict(decided)
+    by_id = {g.id: g for g in cg.groups}
+
+    def width(gid: int) -> int:
+        if gid not in decided:
+            return by_id[gid].size  # frozen: it keeps every channel
+        pruned, carrier = decided[gid]
+        return int((~pruned).sum()) + (carrier is not None)
+
+    for _ in range(len(cg.splits) + 1):  # widening one chunk's groups can widen another's
+        changed = False
+        for name, kind, pieces in cg.splits:
+            ids = [p[0] for p in pieces if len(p) == 1]
+            single = len(ids) == len(pieces) and len(set(ids)) == len(ids)
+            if single and len({by_id[g].size for g in ids}) > 1:
+                single = False
+            if kind == "sizes" or not single:  # keep every piece whole
+                ids = sorted({g for p in pieces for g in p})
+                target = max(by_id[g].size for g in ids)
+                why = f"the model's forward sizes the pieces of {name}: kept whole"
+            else:
+                target = max(width(g) for g in ids)
+                why = None
+            for gid in ids:
+                if gid in decided and width(gid) < target:
+                    g = by_id[gid]
+                    decided[gid] = _widened(g, modes[gid], decided[gid], scores[gid], target, sinks)
+                    changed = True
+                    if why:
+                        notes.append(f"group {g.name}: {why}")
+        if not changed:
+            break
+    return decided
+
+
+def _widened(g, mode, decision, score, target: int, sinks: _SinkView):
+    """``decision`` with the largest pruned channels restored until the structural width
+    (kept channels plus a carrier) reaches ``target``."""
+    pruned = decision[0].copy()
+    for channel in np.argsort(-score, kind="stable"):
+        carrier = bool(pruned.any()) and sinks.needs_carrier(g.id, mode, pruned)
+        if int((~pruned).sum()) + carrier >= target:
+            break
+        pruned[channel] = False
+    carrier = bool(pruned.any()) and sinks.needs_carrier(g.id, mode, pruned)
+    return pruned, (int(np.flatnonzero(pruned)[0]) if carrier else None)
 
 
 def _round_and_carry(g, mode, pruned, score, options: SlimOptions, sinks: _SinkView):

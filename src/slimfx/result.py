@@ -17,6 +17,7 @@ from slimfx.ir.channel_graph import ChannelGraph
 from slimfx.ir.constant_tables import ConstantTables
 from slimfx.ir.options import Mode
 from slimfx.ir.plan import SlimPlan
+from slimfx.model_tree import into_model
 from slimfx.passes.rewrite import rewrite
 from slimfx.passes.verify import masked_reference, masked_state
 from slimfx.passes.verify import verify as verify_modules
@@ -96,6 +97,44 @@ class SlimResult:
             exc.result = self
             raise
         return self.report.verification_error
+
+    def into_model(self, example_inputs: Any = None, *, verify: bool = True) -> torch.nn.Module:
+        """The slim layers in a copy of the input model: its own class and ``forward``.
+
+        A model of a framework stays that framework's model (see :mod:`slimfx.model_tree`).
+        Plan with ``keep_forward=True`` where the model chunks channels (``chunk`` splits
+        into equal parts).
+
+        Parameters
+        ----------
+        example_inputs : optional
+            Inputs to verify with (several sizes: call again); the slimming's by default.
+        verify : bool, default True
+            Check the copy against the masked original like :meth:`verify` (float64 within
+            1e-9, then the stored weights within 1e-5).
+
+        Raises
+        ------
+        UnsupportedError
+            The slim graph changed an op's arguments, which the model's own ``forward``
+            cannot follow (named in the message).
+        EquivalenceError
+            The copy differs from the masked original.
+        """
+        model = into_model(self._model, self.channel_graph.gm, self.module)
+        if verify:
+            example = self._example_inputs if example_inputs is None else example_inputs
+            cg, slim_plan = self.channel_graph, self.plan
+            state = masked_state(self._model, cg, slim_plan, dtype=torch.float64)
+            exact = rewrite(cg, slim_plan, constants=self._constants, dtype=torch.float64)
+            exact_model = into_model(self._model, cg.gm, exact)
+            verify_modules(
+                exact_model, self._model, example, tolerance=FLOAT64_RTOL, reference_state=state
+            )
+            verify_modules(
+                model, self._model, example, tolerance=FLOAT32_RTOL, reference_state=state
+            )
+        return model
 
     @cached_property
     def kept(self) -> dict[str, list[int]]:

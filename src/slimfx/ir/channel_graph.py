@@ -125,6 +125,12 @@ class ChannelGraph:
         Ops where pruned channels' values are folded into the consumer.
     notes : list of str
         What the trace and the analysis worked around (opaque leaves, unknown ops).
+    splits : list of (str, str, list of list of int)
+        Each ``chunk`` or ``split`` along channels: its node, ``"chunk"`` or ``"sizes"``,
+        and per piece the ids of the groups the piece holds. Where the slim layers replace
+        the model's own (``SlimOptions.keep_forward``), the model's forward still chunks
+        into equal parts and splits at its own sizes: the pieces of a chunk must keep equal
+        widths, those of a split their widths.
     """
 
     gm: fx.GraphModule
@@ -133,6 +139,7 @@ class ChannelGraph:
     layouts: dict[str, object]
     sinks: list[Sink]
     notes: list[str] = field(default_factory=list)
+    splits: list[tuple[str, str, list[list[int]]]] = field(default_factory=list)
 
     def layout(self, node: fx.Node | str) -> Layout | None:
         """The channel layout of a node's output (``None`` for non-tensors and unknown)."""

@@ -74,6 +74,11 @@ class AnalysisContext(GraphView, Protocol):
         """A split takes ``piece`` out of its groups: each group it cuts is divided into
         one group per piece (by analysing again)."""
 
+    def split_pieces(self, node: fx.Node, kind: str, pieces: list[Layout]) -> None:
+        """Record that ``node`` divides a tensor into ``pieces``: into equal parts
+        (``kind="chunk"``) or at sizes its arguments give (``"sizes"``)."""
+        ...
+
     def couple(self, node: fx.Node, layouts: list[Layout]) -> None:
         """Tie layouts of equal length position by position (an elementwise op)."""
 

@@ -70,6 +70,11 @@ class SlimOptions:
         does not trace): they are called as a whole and the channels they touch are frozen.
     leaf_types : tuple of type
         Module classes kept as opaque leaves wherever they occur.
+    keep_forward : bool
+        Plan so that the slim layers can replace the model's own and its own ``forward``
+        runs them (:meth:`slimfx.SlimResult.into_model`): the pieces of a ``chunk`` keep
+        equal widths (a stock module chunks into equal halves), at the cost of a few
+        channels more.
 
     Raises
     ------
@@ -91,6 +96,7 @@ class SlimOptions:
     verify: bool = True
     leaf_modules: tuple[str, ...] = ()
     leaf_types: tuple[type, ...] = ()
+    keep_forward: bool = False
 
     def __post_init__(self) -> None:
         percent = self.percent
@@ -102,7 +108,7 @@ class SlimOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("compensate", "strict", "verify"):
+        for name in ("compensate", "strict", "verify", "keep_forward"):
             value = getattr(self, name)
             if not isinstance(value, bool | np.bool_):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
@@ -124,6 +130,7 @@ class SlimOptions:
         object.__setattr__(self, "compensate", bool(self.compensate))
         object.__setattr__(self, "strict", bool(self.strict))
         object.__setattr__(self, "verify", bool(self.verify))
+        object.__setattr__(self, "keep_forward", bool(self.keep_forward))
 
     def replace(self, **changes: Any) -> SlimOptions:
         """A copy with some settings changed (validated like a new one)."""

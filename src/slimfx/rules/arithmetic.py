@@ -288,6 +288,9 @@ class Split(Rule):
         pieces = [layout.slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
         for piece in pieces:
             ctx.cut(node, piece)  # a group split into pieces becomes one group per piece
+        ctx.split_pieces(
+            node, "chunk" if node.target in (torch.chunk, "chunk") else "sizes", pieces
+        )
         return tuple(pieces)
 
     def propagate(self, node, ctx):
@@ -315,6 +318,8 @@ class Split(Rule):
             start += len(lay)
         if any(s == 0 for s in sizes):
             raise AssertionError(f"a split piece of {node.name} lost every channel")
+        if _split_sizes(node, sum(sizes)) == sizes:
+            return ctx.emit(node)  # its own arguments still give these sizes
         return ctx.emit_function(
             node, torch.split, (first_input(node), sizes), {"dim": layout.axis}
         )

@@ -1,0 +1,1 @@
+"""Integrations with model frameworks, each in its own module (imported on demand)."""
