@@ -57,7 +57,7 @@ def test_without_keep_forward_uneven_chunks_are_refused_by_name():
     res = slimfx.slim(model, torch.randn(2, 3, 6, 6), 0.3)
     widths = [res.plan.groups[f"stage_cv1_0[{k}]"].width for k in (0, 1)]
     assert widths[0] != widths[1]
-    with pytest.raises(UnsupportedError, match="chunk|split"):
+    with pytest.raises(UnsupportedError, match=r"chunk|split"):
         res.into_model()
 
 
