@@ -156,6 +156,9 @@ def test_sparsity_training_slimming_fine_tuning_validation_and_export(detection_
         verbose=False,
     )
     assert 0 <= metrics.box.map50 <= 1
+    image = next((detection_data.parent / "images" / "val").iterdir())
+    (prediction,) = tuned.predict(str(image), imgsz=64, device="cpu", verbose=False)
+    assert prediction.boxes is not None and prediction.orig_shape == (64, 64)
 
     onnx_path = tuned.export(format="onnx", imgsz=64, simplify=False)
     import onnxruntime

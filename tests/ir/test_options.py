@@ -24,6 +24,7 @@ FIELDS = (
     "verify",
     "leaf_modules",
     "leaf_types",
+    "keep_forward",
 )
 
 
@@ -103,6 +104,7 @@ def test_defaults():
         "verify": True,
         "leaf_modules": (),
         "leaf_types": (),
+        "keep_forward": False,
     }
 
 
@@ -127,6 +129,7 @@ def test_numpy_numbers_become_python_numbers():
         "verify": bool,
         "leaf_modules": tuple,
         "leaf_types": tuple,
+        "keep_forward": bool,
     }
     assert values["percent"] == 0.25  # exact in float32
     assert (values["min_channels"], values["round_to"]) == (3, 8)
@@ -304,7 +307,7 @@ def test_slim_rejects_unknown_settings_and_bad_values(vgg):
         slimfx.slim(vgg, X, options={"percent": 0.5})
 
 
-@pytest.mark.parametrize("name", ["compensate", "strict", "verify"])
+@pytest.mark.parametrize("name", ["compensate", "strict", "verify", "keep_forward"])
 def test_bool_settings_reject_non_bools_by_name(name):
     with pytest.raises(ValueError, match=name):
         SlimOptions(**{name: "false"})

@@ -1,0 +1,240 @@
+"""Network slimming of stock Ultralytics YOLO models, end to end, beside Torch-Pruning.
+
+For YOLOv8n and YOLO11n (built from Ultralytics' yaml files, trained here from random
+weights on a tiny drawn detection dataset, so that mAP means something):
+
+1. sparsity training (slimfx's L1 callbacks in Ultralytics' trainer), mAP50-95;
+2. slimming 50%: compensated (slimfx's default) and zeroed (the reference code's masking),
+   mAP right after each, verified in float64 at two image sizes;
+3. fine-tuning the compensated model with Ultralytics' trainer, mAP;
+4. Torch-Pruning's BN-scale pruner on the same trained model (its YOLOv8 recipe: the
+   Detect head ignored, the stock C2f blocks as they are), mAP right after;
+5. parameters, MACs and onnxruntime CPU latency of original, slim and Torch-Pruning models,
+   measured side by side in alternating rounds (medians).
+
+``python benchmarks/yolo.py [--epochs 60] [--finetune 20] [--latency-size 640]``
+writes ``results/yolo.{json,md}`` and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="yolo-settings-"))
+
+import numpy as np
+import torch
+import ultralytics
+from PIL import Image
+
+from slimfx.bench.latency import measure_latency
+from slimfx.files import write_text
+from slimfx.integrations.ultralytics import (
+    _Decoded,
+    _temporary_checkpoint,
+    slim_yolo,
+    train_yolo,
+)
+from slimfx.ir.options import SlimOptions
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODELS = ("yolov8n.yaml", "yolo11n.yaml")
+
+
+def write_dataset(root: Path, images: int = 8, size: int = 64) -> Path:
+    """Images with red and blue boxes drawn in, YOLO labels, a data yaml."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+        for i in range(images):
+            image = np.full((size, size, 3), 40, np.uint8)
+            lines = []
+            for _ in range(2):
+                w, h = rng.integers(size // 5, size // 2, 2)
+                x0, y0 = rng.integers(0, size - size // 2, 2)
+                cls = int(rng.integers(0, 2))
+                image[y0 : y0 + h, x0 : x0 + w] = (220, 60, 60) if cls == 0 else (60, 60, 220)
+                cx, cy = (x0 + w / 2) / size, (y0 + h / 2) / size
+                lines.append(f"{cls} {cx:.6f} {cy:.6f} {w / size:.6f} {h / size:.6f}")
+            Image.fromarray(image).save(root / "images" / split / f"{i}.png")
+            (root / "labels" / split / f"{i}.txt").write_text("\n".join(lines) + "\n")
+    data = root / "data.yaml"
+    data.write_text(
+        f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n  0: red\n  1: blue\n"
+    )
+    return data
+
+
+def val_map(model: torch.nn.Module, data: Path, imgsz: int) -> float:
+    wrapper = ultralytics.YOLO(_temporary_checkpoint(model))
+    metrics = wrapper.val(
+        data=str(data), imgsz=imgsz, batch=8, workers=0, device="cpu", plots=False, verbose=False
+    )
+    return float(metrics.box.map)
+
+
+def torch_pruning(model: torch.nn.Module, imgsz: int, percent: float) -> dict:
+    """Torch-Pruning's BN-scale pruner on a copy: global raw |gamma|, the head ignored."""
+    try:
+        import torch_pruning as tp
+    except ImportError:
+        return {"ok": False, "error": "torch-pruning is not installed"}
+    victim = copy.deepcopy(model).float().eval()
+    for p in victim.parameters():
+        p.requires_grad_(True)
+    start = time.perf_counter()
+    try:
+        pruner = tp.pruner.BNScalePruner(
+            victim,
+            torch.zeros(1, 3, imgsz, imgsz),
+            importance=tp.importance.BNScaleImportance(normalizer=None),
+            global_pruning=True,
+            pruning_ratio=percent,
+            ignored_layers=[victim.model[-1]],
+        )
+        pruner.step()
+        with torch.no_grad():
+            victim(torch.zeros(1, 3, imgsz, imgsz))
+    except Exception as exc:  # recorded: the stock model is what is compared
+        return {
+            "ok": False,
+            "seconds": time.perf_counter() - start,
+            "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}",
+        }
+    return {"ok": True, "seconds": time.perf_counter() - start, "model": victim}
+
+
+def params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def run_model(cfg: str, data: Path, args, work: Path) -> dict:
+    torch.manual_seed(0)
+    model = ultralytics.YOLO(cfg).model
+    common = dict(
+        imgsz=args.imgsz,
+        batch=8,
+        workers=0,
+        device="cpu",
+        amp=False,
+        plots=False,
+        project=str(work / "runs"),
+        exist_ok=True,
+        verbose=False,
+        seed=0,
+    )
+    start = time.perf_counter()
+    sparse = train_yolo(
+        model, data, sparsity=args.s, epochs=args.epochs, name=f"{cfg}-sparse", **common
+    )
+    row = {"model": cfg.removesuffix(".yaml"), "train_seconds": time.perf_counter() - start}
+    trained = sparse.model.float().eval()
+    row["gammas"] = sparse.slimfx_gammas[-1] if sparse.slimfx_gammas else None
+    row["map_trained"] = val_map(trained, data, args.imgsz)
+    slim = slim_yolo(trained, args.percent, args.imgsz)
+    zeroed = slim_yolo(trained, args.percent, args.imgsz, options=SlimOptions(compensate=False))
+    row["errors"] = {str(k): v for k, v in slim.errors.items()}
+    row["map_slim"] = val_map(slim.model, data, args.imgsz)
+    row["map_zeroed"] = val_map(zeroed.model, data, args.imgsz)
+    tuned = train_yolo(slim.model, data, epochs=args.finetune, name=f"{cfg}-tuned", **common)
+    row["map_finetuned"] = val_map(tuned.model.float().eval(), data, args.imgsz)
+    rep = slim.result.report
+    row.update(
+        params_before=params(trained),
+        params_after=params(slim.model),
+        macs_before=rep.macs_before,
+        macs_after=rep.macs_after,
+    )
+    theirs = torch_pruning(trained, args.imgsz, args.percent)
+    tp_model = theirs.pop("model", None)
+    if tp_model is not None:
+        theirs["params_after"] = params(tp_model)
+        theirs["map_pruned"] = val_map(tp_model, data, args.imgsz)
+    row["torch_pruning"] = theirs
+    models = {"original": _Decoded(trained), "slimfx": _Decoded(slim.model.float().eval())}
+    if tp_model is not None:
+        models["torch-pruning"] = _Decoded(tp_model)
+    x = torch.zeros(1, 3, args.latency_size, args.latency_size)
+    report = measure_latency(
+        models,
+        x,
+        batches=(1,),
+        backends=["ort-cpu"],
+        threads=args.threads,
+        rounds=args.rounds,
+        progress=False,
+    )
+    row["latency_table"] = report.table()
+    print(row["latency_table"], flush=True)
+    return row
+
+
+def write_results(rows: list[dict], args, out: Path) -> None:
+    lines = [
+        f"Ultralytics {ultralytics.__version__}, torch {torch.__version__}; trained {args.epochs} "
+        f"epochs with sparsity s={args.s} at {args.imgsz}px on {args.images} drawn images, "
+        f"slimmed {args.percent:.0%}, fine-tuned {args.finetune} epochs",
+        "",
+        "| model | params | MACs | mAP50-95 trained | slim, compensated | slim, zeroed | "
+        "fine-tuned | decoded error f64 | Torch-Pruning |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        t = r["torch_pruning"]
+        tp_cell = (
+            f"{t['params_after'] / 1e6:.2f}M params, mAP {t['map_pruned']:.3f}"
+            if t.get("ok")
+            else f"failed: {t.get('error', '')}"
+        )
+        worst = max(r["errors"].values())
+        lines.append(
+            f"| {r['model']} | {r['params_before'] / 1e6:.2f}M → {r['params_after'] / 1e6:.2f}M | "
+            f"{r['macs_before'] / 1e6:.0f}M → {r['macs_after'] / 1e6:.0f}M | "
+            f"{r['map_trained']:.3f} | {r['map_slim']:.3f} | {r['map_zeroed']:.3f} | "
+            f"{r['map_finetuned']:.3f} | {worst:.1e} | {tp_cell} |"
+        )
+    lines.append("")
+    for r in rows:
+        lines += [
+            f"onnxruntime CPU latency, {r['model']} at {args.latency_size}px:",
+            "",
+            r["latency_table"],
+            "",
+        ]
+    table = "\n".join(lines)
+    print("\n" + table)
+    write_text(out / "yolo.md", table + "\n")
+    write_text(out / "yolo.json", json.dumps(rows, indent=1, default=str))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=list(MODELS))
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--finetune", type=int, default=20)
+    parser.add_argument("--s", type=float, default=1e-2)
+    parser.add_argument("--percent", type=float, default=0.5)
+    parser.add_argument("--imgsz", type=int, default=64)
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--latency-size", type=int, default=640)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="slimfx-yolo-bench-"))
+    data = write_dataset(work / "data", args.images, args.imgsz)
+    rows = [run_model(cfg, data, args, work) for cfg in args.models]
+    write_results(rows, args, Path(args.out))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
