@@ -12,16 +12,17 @@ weights on a tiny drawn detection dataset, so that mAP means something):
 5. parameters, MACs and onnxruntime CPU latency of original, slim and Torch-Pruning models,
    measured side by side in alternating rounds (medians).
 
-``python benchmarks/yolo.py [--epochs 60] [--finetune 20] [--latency-size 640]``
+``python benchmarks/yolo.py [--epochs 100] [--finetune 30] [--latency-size 640]``
 writes ``results/yolo.{json,md}`` and prints the table.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +41,7 @@ from slimfx.files import write_text
 from slimfx.integrations.ultralytics import (
     _Decoded,
     _temporary_checkpoint,
+    save_yolo,
     slim_yolo,
     train_yolo,
 )
@@ -47,6 +49,9 @@ from slimfx.ir.options import SlimOptions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("yolov8n.yaml", "yolo11n.yaml")
+#: Torch-Pruning gets this long and this much memory per model, in its own process.
+TP_TIMEOUT_S = 300
+MEMORY_LIMIT_GB = 8
 
 
 def write_dataset(root: Path, images: int = 8, size: int = 64) -> Path:
@@ -82,13 +87,47 @@ def val_map(model: torch.nn.Module, data: Path, imgsz: int) -> float:
     return float(metrics.box.map)
 
 
-def torch_pruning(model: torch.nn.Module, imgsz: int, percent: float) -> dict:
-    """Torch-Pruning's BN-scale pruner on a copy: global raw |gamma|, the head ignored."""
+def torch_pruning(model: torch.nn.Module, imgsz: int, percent: float, work: Path) -> dict:
+    """Torch-Pruning's BN-scale pruner on the model, in its own process (memory capped, time
+    limited: on YOLO11 its dependency tracing can take all the memory); the pruned model
+    comes back as a full pickle this script wrote, under ``"model"``."""
+    source, target = work / "tp-input.pt", work / "tp-output.pt"
+    save_yolo(model, source)
+    limit = MEMORY_LIMIT_GB * 2**30
+
+    def cap_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    command = [
+        sys.executable,
+        __file__,
+        "--torch-pruning-probe",
+        str(source),
+        str(target),
+        str(imgsz),
+        str(percent),
+    ]
     try:
-        import torch_pruning as tp
-    except ImportError:
-        return {"ok": False, "error": "torch-pruning is not installed"}
-    victim = copy.deepcopy(model).float().eval()
+        proc = subprocess.run(
+            command, capture_output=True, text=True, timeout=TP_TIMEOUT_S, preexec_fn=cap_memory
+        )
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"no result after {TP_TIMEOUT_S} s"}
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        last = (proc.stderr.strip().splitlines() or ["killed"])[-1][:120]
+        return {"ok": False, "error": f"crashed ({last}; memory capped at {MEMORY_LIMIT_GB} GB)"}
+    result = json.loads(lines[-1])
+    if result["ok"]:
+        result["model"] = torch.load(target, weights_only=False)  # written by this script
+    return result
+
+
+def torch_pruning_probe(source: str, target: str, imgsz: int, percent: float) -> None:
+    """The child process of :func:`torch_pruning`: prints one JSON line."""
+    import torch_pruning as tp
+
+    victim = ultralytics.YOLO(source).model.float().eval()
     for p in victim.parameters():
         p.requires_grad_(True)
     start = time.perf_counter()
@@ -105,12 +144,11 @@ def torch_pruning(model: torch.nn.Module, imgsz: int, percent: float) -> dict:
         with torch.no_grad():
             victim(torch.zeros(1, 3, imgsz, imgsz))
     except Exception as exc:  # recorded: the stock model is what is compared
-        return {
-            "ok": False,
-            "seconds": time.perf_counter() - start,
-            "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}",
-        }
-    return {"ok": True, "seconds": time.perf_counter() - start, "model": victim}
+        error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+        print(json.dumps({"ok": False, "seconds": time.perf_counter() - start, "error": error}))
+        return
+    torch.save(victim, target)
+    print(json.dumps({"ok": True, "seconds": time.perf_counter() - start}))
 
 
 def params(model: torch.nn.Module) -> int:
@@ -154,7 +192,7 @@ def run_model(cfg: str, data: Path, args, work: Path) -> dict:
         macs_before=rep.macs_before,
         macs_after=rep.macs_after,
     )
-    theirs = torch_pruning(trained, args.imgsz, args.percent)
+    theirs = torch_pruning(trained, args.imgsz, args.percent, work)
     tp_model = theirs.pop("model", None)
     if tp_model is not None:
         theirs["params_after"] = params(tp_model)
@@ -219,17 +257,22 @@ def write_results(rows: list[dict], args, out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=list(MODELS))
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--finetune", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--finetune", type=int, default=30)
     parser.add_argument("--s", type=float, default=1e-2)
     parser.add_argument("--percent", type=float, default=0.5)
     parser.add_argument("--imgsz", type=int, default=64)
-    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--latency-size", type=int, default=640)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--torch-pruning-probe", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.torch_pruning_probe:
+        source, target, imgsz, percent = args.torch_pruning_probe
+        torch_pruning_probe(source, target, int(imgsz), float(percent))
+        return
     work = Path(tempfile.mkdtemp(prefix="slimfx-yolo-bench-"))
     data = write_dataset(work / "data", args.images, args.imgsz)
     rows = [run_model(cfg, data, args, work) for cfg in args.models]

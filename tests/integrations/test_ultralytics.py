@@ -31,6 +31,7 @@ MODELS = {
     "yolo11n-pose.yaml": 4,
     "yolov8n-obb.yaml": 0,
     "yolo11n-cls.yaml": 4,
+    "yolo26n.yaml": 9,  # end-to-end head (one-to-one branch); attention in C2PSA
 }
 
 
