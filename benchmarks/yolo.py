@@ -40,7 +40,7 @@ from slimfx.bench.latency import measure_latency
 from slimfx.files import write_text
 from slimfx.integrations.ultralytics import (
     _Decoded,
-    _temporary_checkpoint,
+    as_yolo,
     save_yolo,
     slim_yolo,
     train_yolo,
@@ -80,7 +80,7 @@ def write_dataset(root: Path, images: int = 8, size: int = 64) -> Path:
 
 
 def val_map(model: torch.nn.Module, data: Path, imgsz: int) -> float:
-    wrapper = ultralytics.YOLO(_temporary_checkpoint(model))
+    wrapper = as_yolo(model)
     metrics = wrapper.val(
         data=str(data), imgsz=imgsz, batch=8, workers=0, device="cpu", plots=False, verbose=False
     )

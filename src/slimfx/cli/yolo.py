@@ -159,9 +159,7 @@ def run_prune(args: argparse.Namespace) -> int:
 
 
 def _validate(yolo, model, args) -> float:
-    import ultralytics
-
-    wrapper = ultralytics.YOLO(yolo._temporary_checkpoint(model))
+    wrapper = yolo.as_yolo(model)
     metrics = wrapper.val(
         data=args.data, imgsz=args.imgsz, device=args.device, plots=False, verbose=False
     )

@@ -32,8 +32,11 @@ import copy
 import logging
 import math
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +45,7 @@ import torch.nn as nn
 
 from slimfx.api import slim
 from slimfx.errors import CheckpointError, UnsupportedError
-from slimfx.files import save_torch
+from slimfx.files import atomic_path, save_torch, write_text
 from slimfx.ir.options import SlimOptions
 from slimfx.model_tree import into_model
 from slimfx.passes.rewrite import rewrite
@@ -74,6 +77,7 @@ __all__ = [
     "RawPredictions",
     "SparsityCallbacks",
     "YoloSlimResult",
+    "as_yolo",
     "load_yolo",
     "save_yolo",
     "slim_yolo",
@@ -290,8 +294,6 @@ def save_yolo(model: nn.Module, path: str | os.PathLike, **train_args: Any) -> N
     The module is stored whole (float32), so its slim structure comes back with it;
     ``train_args`` are stored as the checkpoint's training arguments.
     """
-    from datetime import datetime
-
     module = copy.deepcopy(yolo_model(model)).float().to(memory_format=torch.contiguous_format)
     save_torch(
         {
@@ -414,8 +416,6 @@ class SparsityCallbacks:
 
 
 def _write_history(folder: Path, history: list[dict[str, float]]) -> None:
-    from slimfx.files import atomic_path, write_text
-
     keys = list(history[0])
     lines = [",".join(keys)] + [",".join(f"{row[k]:.6g}" for k in keys) for row in history]
     write_text(folder / "gammas.csv", "\n".join(lines) + "\n")
@@ -515,7 +515,7 @@ def train_yolo(
     task = getattr(module, "task", None) or _task_of(module)
     if task not in TRAINERS:
         raise UnsupportedError(f"no slimfx trainer for Ultralytics task {task!r}")
-    wrapper = ultralytics.YOLO(_temporary_checkpoint(module), task=task)
+    wrapper = as_yolo(module, task)
     callbacks = SparsityCallbacks(sparsity, decay=decay) if sparsity > 0 else None
     if callbacks is not None:
         callbacks.register(wrapper)
@@ -530,11 +530,15 @@ def _task_of(module: nn.Module) -> str:
     return guess_model_task(module)
 
 
-def _temporary_checkpoint(module: nn.Module) -> str:
-    """The model in a checkpoint Ultralytics can start from (a file this process wrote)."""
-    import tempfile
-
+def as_yolo(model: Any, task: str | None = None):
+    """An ``ultralytics.YOLO`` object holding a copy of ``model`` (for its ``val``,
+    ``predict``, ``export`` and ``train``), made through a checkpoint this process writes
+    and deletes again."""
+    module = yolo_model(model)
     folder = Path(tempfile.mkdtemp(prefix="slimfx-yolo-"))
-    path = folder / "start.pt"
-    save_yolo(module, path)
-    return str(path)
+    try:
+        path = folder / "model.pt"
+        save_yolo(module, path)
+        return ultralytics.YOLO(str(path), task=task or getattr(module, "task", None))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
