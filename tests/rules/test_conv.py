@@ -332,3 +332,36 @@ def test_timm_linear(oracle_check):
     res = slimfx.slim(model, x, 0.5)
     assert type(res.module.fc) is Linear and res.module.fc.in_features < 8
     oracle_check(model, x, res)
+
+
+class Upsampling(nn.Module):
+    """A transposed convolution between BatchNorm'd convolutions (Ultralytics' mask
+    prototypes, YOLOv6's upsampling)."""
+
+    def __init__(self, kernel=2, stride=2, padding=0):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.up = nn.ConvTranspose2d(8, 6, kernel, stride, padding)
+        self.bn2 = nn.BatchNorm2d(6)
+        self.head = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        x = torch.nn.functional.silu(self.bn(self.conv(x)))
+        return self.head(torch.relu(self.bn2(self.up(x))))
+
+
+@pytest.mark.parametrize("settings", [(2, 2, 0), (3, 2, 1), (4, 2, 1)])
+@pytest.mark.parametrize("compensate", [True, False])
+def test_transposed_convolution_is_a_sink_with_a_carrier_and_a_producer(
+    settings, compensate, oracle_check
+):
+    model = randomize_batchnorm(Upsampling(*settings), seed=3)
+    x = torch.randn(2, 3, 5, 4)
+    res = slimfx.slim(model, x, 0.4, compensate=compensate)
+    assert res.module.up.in_channels < 8 and res.module.up.out_channels < 6
+    assert res.module.up.weight.shape[:2] == (res.module.up.in_channels, res.module.up.out_channels)
+    if compensate:  # the constants need a carrier: no bias can hold a per-phase pattern
+        assert res.plan.groups["conv"].carrier is not None
+    oracle_check(model, x, res)
+    res.verify(torch.randn(1, 3, 7, 6))  # exact at another size too

@@ -8,7 +8,11 @@
    in ``groups`` blocks that must each keep the same number of channels, so the slim
    convolution keeps its group count;
 4. linear layers on tokens ``(N, L, C)``: the same on the last axis (their input layout
-   must hold its channels there; the output's channels are there too).
+   must hold its channels there; the output's channels are there too);
+5. transposed convolutions (``groups == 1``): a sink and a producer like a convolution. A
+   constant input reaches each output pixel through a different part of the kernel (the
+   pixel's phase), so no bias can take it: the sink counts as zero-padded and constants go
+   to a carrier channel, whose kernel then holds their per-tap sums.
 """
 
 from __future__ import annotations
@@ -125,6 +129,44 @@ class Conv(Rule):
         if conv.groups != 1:
             return ctx.emit(node, module=slice_grouped(conv, node, ctx))
         return ctx.emit(node, module=slice_consumer(conv, node, ctx, "in_channels", "out_channels"))
+
+
+@register(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+class ConvTranspose(Rule):
+    """Transposed convolution (case 5 of the module docstring); grouped ones are frozen."""
+
+    name = "conv-transpose"
+
+    def analyze(self, node, ctx):
+        conv = ctx.module(node)
+        inp = first_input(node)
+        in_layout = ctx.layout(inp)
+        out = ctx.new_group(node, conv.out_channels)
+        if conv.groups != 1 or len(node.args) > 1 or node.kwargs:
+            ctx.unsupported(
+                node,
+                [out] + ([in_layout] if in_layout else []),
+                "grouped transposed convolution, or one given an output size",
+            )
+        elif in_layout is not None:
+            ctx.add_sink(node, inp, padded=True, has_bias=conv.bias is not None)
+        return out
+
+    def rewrite(self, node, ctx):
+        conv = ctx.module(node)
+        if conv.groups != 1 or len(node.args) > 1 or node.kwargs:
+            return ctx.emit(node, module=ctx.unchanged(node))
+        rows = ctx.kept(node)
+        fold = ctx.sink_fold(node, first_input(node))
+        # (in, out, *kernel) as a convolution's (out, in, *kernel), folded, and back
+        weight, bias = fold_weights(conv.weight.transpose(0, 1), conv.bias, rows, fold, ctx.dtype)
+        carrier_rows = np.flatnonzero(ctx.carriers(node))
+        weight[carrier_rows] = 0
+        if bias is not None:
+            bias[carrier_rows] = 0
+        weight = weight.transpose(0, 1).contiguous()
+        sizes = {"in_channels": weight.shape[0], "out_channels": weight.shape[1]}
+        return ctx.emit(node, module=sliced_shell(conv, sizes, weight=weight, bias=bias))
 
 
 @register(nn.Linear)
