@@ -61,21 +61,17 @@ def test_train_with_sparsity_then_prune_with_validation(slimfx_cli, detection_da
     assert json.loads((out / "plan.json").read_text())["groups"]
 
 
-def test_bad_inputs_fail_in_one_line_before_any_work(slimfx_cli, tmp_path):
+def test_bad_inputs_fail_in_one_line_before_any_work(tmp_path, capsys):
+    from slimfx.cli import main
+
     afile = tmp_path / "afile"
     afile.write_text("x")
-    result = slimfx_cli("yolo", "prune", "--model", "yolov8n.yaml", "--save", str(afile))
-    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    result = slimfx_cli("yolo", "prune", "--model", str(tmp_path / "none.pt"))
-    assert result.returncode == 2 and "no such model file" in result.stderr
-    result = slimfx_cli(
-        "yolo",
-        "train",
-        "--model",
-        "yolov8n.yaml",
-        "--data",
-        str(tmp_path / "no.yaml"),
-        "--save",
-        str(tmp_path / "runs"),
-    )
-    assert result.returncode == 2 and "no such dataset yaml" in result.stderr
+    assert main(["yolo", "prune", "--model", "yolov8n.yaml", "--save", str(afile)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    missing = str(tmp_path / "none.pt")
+    assert main(["yolo", "prune", "--model", missing, "--save", str(tmp_path / "out")]) == 2
+    assert "no such model file" in capsys.readouterr().err
+    data = str(tmp_path / "no.yaml")
+    runs = str(tmp_path / "runs")
+    assert main(["yolo", "train", "--model", "yolov8n.yaml", "--data", data, "--save", runs]) == 2
+    assert "no such dataset yaml" in capsys.readouterr().err
