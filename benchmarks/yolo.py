@@ -31,10 +31,8 @@ from pathlib import Path
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="yolo-settings-"))
 
-import numpy as np
 import torch
 import ultralytics
-from PIL import Image
 
 from slimfx.bench.latency import measure_latency
 from slimfx.files import write_text
@@ -46,37 +44,13 @@ from slimfx.integrations.ultralytics import (
     train_yolo,
 )
 from slimfx.ir.options import SlimOptions
+from slimfx.testing import write_detection_dataset
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("yolov8n.yaml", "yolo11n.yaml")
 #: Torch-Pruning gets this long and this much memory per model, in its own process.
 TP_TIMEOUT_S = 300
 MEMORY_LIMIT_GB = 8
-
-
-def write_dataset(root: Path, images: int = 8, size: int = 64) -> Path:
-    """Images with red and blue boxes drawn in, YOLO labels, a data yaml."""
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        (root / "images" / split).mkdir(parents=True, exist_ok=True)
-        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
-        for i in range(images):
-            image = np.full((size, size, 3), 40, np.uint8)
-            lines = []
-            for _ in range(2):
-                w, h = rng.integers(size // 5, size // 2, 2)
-                x0, y0 = rng.integers(0, size - size // 2, 2)
-                cls = int(rng.integers(0, 2))
-                image[y0 : y0 + h, x0 : x0 + w] = (220, 60, 60) if cls == 0 else (60, 60, 220)
-                cx, cy = (x0 + w / 2) / size, (y0 + h / 2) / size
-                lines.append(f"{cls} {cx:.6f} {cy:.6f} {w / size:.6f} {h / size:.6f}")
-            Image.fromarray(image).save(root / "images" / split / f"{i}.png")
-            (root / "labels" / split / f"{i}.txt").write_text("\n".join(lines) + "\n")
-    data = root / "data.yaml"
-    data.write_text(
-        f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n  0: red\n  1: blue\n"
-    )
-    return data
 
 
 def val_map(model: torch.nn.Module, data: Path, imgsz: int) -> float:
@@ -274,7 +248,7 @@ def main() -> None:
         torch_pruning_probe(source, target, int(imgsz), float(percent))
         return
     work = Path(tempfile.mkdtemp(prefix="slimfx-yolo-bench-"))
-    data = write_dataset(work / "data", args.images, args.imgsz)
+    data = write_detection_dataset(work / "data", args.images, args.imgsz)
     rows = [run_model(cfg, data, args, work) for cfg in args.models]
     write_results(rows, args, Path(args.out))
 

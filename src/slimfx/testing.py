@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -114,3 +116,32 @@ def assert_model_unchanged(model: nn.Module, snapshot: dict) -> None:
         assert torch.equal(after["state"][key], value), f"{key} changed"
     assert after["training"] == snapshot["training"], "training flags changed"
     assert after["attributes"] == snapshot["attributes"], "attributes changed"
+
+
+def write_detection_dataset(root: Path, images: int = 4, size: int = 64) -> Path:
+    """A tiny YOLO-format detection dataset on disk, for tests and benchmarks: images
+    with red and blue boxes drawn in, one label file per image (class, centre and size,
+    normalised), and the data yaml Ultralytics reads (its path is returned)."""
+    from PIL import Image  # matplotlib's dependency: only this helper needs it
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+        for i in range(images):
+            image = np.full((size, size, 3), 40, np.uint8)
+            lines = []
+            for _ in range(2):
+                w, h = rng.integers(size // 5, size // 2, 2)
+                x0, y0 = rng.integers(0, size - size // 2, 2)
+                cls = int(rng.integers(0, 2))
+                image[y0 : y0 + h, x0 : x0 + w] = (220, 60, 60) if cls == 0 else (60, 60, 220)
+                cx, cy = (x0 + w / 2) / size, (y0 + h / 2) / size
+                lines.append(f"{cls} {cx:.6f} {cy:.6f} {w / size:.6f} {h / size:.6f}")
+            Image.fromarray(image).save(root / "images" / split / f"{i}.png")
+            (root / "labels" / split / f"{i}.txt").write_text("\n".join(lines) + "\n")
+    data = root / "data.yaml"
+    data.write_text(
+        f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n  0: red\n  1: blue\n"
+    )
+    return data
