@@ -19,6 +19,7 @@ import torch
 import torch.fx as fx
 
 from slimfx.errors import UnsupportedError
+from slimfx.passes.walk import fetch_attr
 
 
 def changed_ops(traced: fx.GraphModule, slim: fx.GraphModule) -> list[str]:
@@ -72,7 +73,7 @@ def into_model(model: torch.nn.Module, traced: fx.GraphModule, slim: fx.GraphMod
         elif node.op == "get_attr":
             target = str(node.target)
             if _exists(traced, target):
-                _set(out, target, _fetch(slim, target))
+                _set(out, target, fetch_attr(slim, target))
     return out
 
 
@@ -80,16 +81,9 @@ def _named(args, kwargs):
     return fx.node.map_arg((args, kwargs), lambda n: n.name)
 
 
-def _fetch(module: torch.nn.Module, target: str):
-    value = module
-    for part in target.split("."):
-        value = getattr(value, part)
-    return value
-
-
 def _exists(module: torch.nn.Module, target: str) -> bool:
     try:
-        _fetch(module, target)
+        fetch_attr(module, target)
     except AttributeError:
         return False
     return True

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -53,7 +52,7 @@ from slimfx.passes.verify import masked_state
 from slimfx.passes.verify import verify as verify_modules
 from slimfx.result import SlimResult
 from slimfx.tolerances import FLOAT64_RTOL
-from slimfx.train.sparsity import SparsityRegularizer, prunable_batchnorms
+from slimfx.train.sparsity import SparsityRegularizer, prunable_batchnorms, sparsity_strength
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
@@ -331,11 +330,7 @@ class SparsityCallbacks:
     """
 
     def __init__(self, strength: float, *, decay: bool = False, imgsz: int | None = None):
-        if isinstance(strength, bool) or not isinstance(strength, int | float):
-            raise ValueError(f"sparsity strength must be a number, got {strength!r}")
-        if not math.isfinite(strength) or strength < 0:
-            raise ValueError(f"sparsity strength must be finite and >= 0, got {strength!r}")
-        self.strength = float(strength)
+        self.strength = sparsity_strength(strength)
         self.decay = decay
         self.imgsz = imgsz
         self.regularizer: SparsityRegularizer | None = None

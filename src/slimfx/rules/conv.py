@@ -137,12 +137,16 @@ class ConvTranspose(Rule):
 
     name = "conv-transpose"
 
+    def sliceable(self, node, conv) -> bool:
+        """Ungrouped, and called on its input alone (no ``output_size``)."""
+        return conv.groups == 1 and len(node.args) == 1 and not node.kwargs
+
     def analyze(self, node, ctx):
         conv = ctx.module(node)
         inp = first_input(node)
         in_layout = ctx.layout(inp)
         out = ctx.new_group(node, conv.out_channels)
-        if conv.groups != 1 or len(node.args) > 1 or node.kwargs:
+        if not self.sliceable(node, conv):
             ctx.unsupported(
                 node,
                 [out] + ([in_layout] if in_layout else []),
@@ -154,19 +158,19 @@ class ConvTranspose(Rule):
 
     def rewrite(self, node, ctx):
         conv = ctx.module(node)
-        if conv.groups != 1 or len(node.args) > 1 or node.kwargs:
+        if not self.sliceable(node, conv):
             return ctx.emit(node, module=ctx.unchanged(node))
-        rows = ctx.kept(node)
-        fold = ctx.sink_fold(node, first_input(node))
-        # (in, out, *kernel) as a convolution's (out, in, *kernel), folded, and back
-        weight, bias = fold_weights(conv.weight.transpose(0, 1), conv.bias, rows, fold, ctx.dtype)
-        carrier_rows = np.flatnonzero(ctx.carriers(node))
-        weight[carrier_rows] = 0
-        if bias is not None:
-            bias[carrier_rows] = 0
-        weight = weight.transpose(0, 1).contiguous()
-        sizes = {"in_channels": weight.shape[0], "out_channels": weight.shape[1]}
-        return ctx.emit(node, module=sliced_shell(conv, sizes, weight=weight, bias=bias))
+        new = slice_consumer(conv, node, ctx, "in_channels", "out_channels", transposed=True)
+        return ctx.emit(node, module=new)
+
+
+def feature_layout(layout: Layout | None, shape: tuple[int, ...]) -> Layout | None:
+    """A linear layer's input layout as its features (the last axis): ``None`` where it
+    holds untracked channels in another dim (an op without a rule marks its output's
+    dim 1 untracked, whatever the tensor); tracked channels elsewhere stay, to be frozen."""
+    if layout is not None and layout.axis != len(shape) - 1 and not layout.group_ids():
+        return None
+    return layout
 
 
 @register(nn.Linear)
@@ -188,15 +192,13 @@ class Linear(Rule):
 
     def analyze(self, node, ctx):
         inp = first_input(node)
-        in_layout = ctx.layout(inp)
         shape, out_shape = ctx.shape(inp), ctx.shape(node)
         if shape is None or len(shape) < 2:
             return None
+        in_layout = feature_layout(ctx.layout(inp), shape)
         if in_layout is not None and in_layout.axis != len(shape) - 1:
-            if in_layout.group_ids():
-                ctx.unsupported(node, [in_layout], "linear layer across a non-channel axis")
-                return Layout.untracked(out_shape[1])
-            in_layout = None  # untracked channels elsewhere: its features are no group
+            ctx.unsupported(node, [in_layout], "linear layer across a non-channel axis")
+            return Layout.untracked(out_shape[1])
         if in_layout is not None:
             ctx.add_sink(node, inp, padded=False, has_bias=ctx.module(node).bias is not None)
         out = ctx.new_group(node, ctx.module(node).out_features)
@@ -230,13 +232,11 @@ class FunctionalLinear(Rule):
 
     def analyze(self, node, ctx):
         inp = first_input(node)
-        in_layout = ctx.layout(inp)
         shape, out_shape = ctx.shape(inp), ctx.shape(node)
-        if in_layout is not None and in_layout.axis != len(shape or ()) - 1:
-            in_layout = in_layout if in_layout.group_ids() else None  # as for Linear
-        touched = [in_layout] if in_layout else []
         if shape is None or len(shape) < 2:
             return None
+        in_layout = feature_layout(ctx.layout(inp), shape)
+        touched = [in_layout] if in_layout else []
         if not self.sliceable(node) or (in_layout and in_layout.axis != len(shape) - 1):
             what = (
                 "linear with a weight computed in the graph"

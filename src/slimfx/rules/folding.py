@@ -131,21 +131,30 @@ def _memory_format(weight: torch.Tensor) -> torch.memory_format:
 
 
 def slice_consumer(
-    module: nn.Module, node, ctx: RewriteContext, in_attr: str, out_attr: str
+    module: nn.Module,
+    node,
+    ctx: RewriteContext,
+    in_attr: str,
+    out_attr: str,
+    transposed: bool = False,
 ) -> nn.Module:
     """A new convolution/linear layer: kept outputs, kept inputs, pruned constants folded.
 
     Carrier output channels (this layer produces a group with a carrier) get zero weights
     and bias: the BatchNorm after them outputs the carrier's constant whatever they compute.
+    ``transposed``: the weight is ``(in, out, *kernel)`` (a transposed convolution).
     """
     rows = ctx.kept(node)
     fold = ctx.sink_fold(node, node.args[0])
-    weight, bias = fold_weights(module.weight, module.bias, rows, fold, ctx.dtype)
+    source = module.weight.transpose(0, 1) if transposed else module.weight
+    weight, bias = fold_weights(source, module.bias, rows, fold, ctx.dtype)
     carrier_rows = _index(np.flatnonzero(ctx.carriers(node)))
     weight[carrier_rows] = 0
     if bias is not None:
         bias[carrier_rows] = 0
     sizes = {in_attr: weight.shape[1], out_attr: weight.shape[0]}
+    if transposed:
+        weight = weight.transpose(0, 1).contiguous()
     return sliced_shell(module, sizes, weight=weight, bias=bias)
 
 

@@ -71,6 +71,15 @@ def prunable_batchnorms(model: nn.Module, example_inputs: Any) -> list[str]:
     return [name for name, _ in inner.named_modules() if name in wanted]
 
 
+def sparsity_strength(value: Any) -> float:
+    """``value`` as a sparsity strength ``s``: a finite number ``>= 0``, else ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"sparsity strength must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"sparsity strength must be finite and >= 0, got {value!r}")
+    return float(value)
+
+
 class SparsityRegularizer:
     """Apply the network-slimming L1 subgradient to a model's prunable BatchNorms.
 
@@ -100,16 +109,13 @@ class SparsityRegularizer:
         example_inputs: Any = None,
         batchnorms: Iterable[str] | None = None,
     ):
-        if isinstance(strength, bool) or not isinstance(strength, int | float):
-            raise ValueError(f"sparsity strength must be a number, got {strength!r}")
-        if not math.isfinite(strength) or strength < 0:
-            raise ValueError(f"sparsity strength must be finite and >= 0, got {strength!r}")
+        strength = sparsity_strength(strength)
         inner = unwrap(model)
         if batchnorms is None:
             if example_inputs is None:
                 raise ValueError("SparsityRegularizer needs example_inputs or batchnorms")
             batchnorms = prunable_batchnorms(inner, example_inputs)
-        self.strength = float(strength)
+        self.strength = strength
         self.names: list[str] = list(batchnorms)
         self.modules: list[nn.Module] = []
         for name in self.names:
