@@ -33,16 +33,22 @@ Numbered cases (tests mirror them):
    widened to the widest by restoring its largest pruned channels (a piece frozen at full
    width widens them all); a chunk whose pieces are not one whole group each, and every
    ``split`` at sizes the forward gives, keeps its pieces whole.
+7. Given widths (``widths``, from a latency planner such as
+   :func:`slimfx.passes.latency_plan.choose_widths`): instead of cases 3 and 4, each group
+   named keeps the top-scored channels up to its given structural width (a carrier counts
+   inside it; a group split into blocks keeps its share of the top ones of every block);
+   groups not named keep every channel.
 
 The plan refers to groups by name and holds only index lists; it round-trips through JSON.
 
-The file runs to about 380 lines: it is the six cases above, which share one view of the
+The file runs to about 430 lines: it is the seven cases above, which share one view of the
 sinks and read best in one place.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -136,6 +142,7 @@ def plan(
     options: SlimOptions | float = 0.5,
     *,
     constants: ConstantTables | None = None,
+    widths: Mapping[str, int] | None = None,
     **settings: Any,
 ) -> SlimPlan:
     """Choose the channels to keep (see the module docstring for the numbered cases).
@@ -150,6 +157,8 @@ def plan(
         From :func:`slimfx.passes.propagate_constants` on ``cg``; the modes it lacks (all,
         when it is not given) are propagated here as the plan needs them. Pass the same
         value to :func:`slimfx.passes.rewrite`.
+    widths : mapping, optional
+        Group name → structural width to keep (case 7), instead of the ``percent`` ranking.
     **settings
         Single settings of :class:`SlimOptions` by name, overriding ``options``.
 
@@ -189,9 +198,17 @@ def plan(
         )
     scores = {g.id: group_scores(cg, g, options.group_score) for g, _ in candidates}
     total = sum(g.size for g, _ in candidates)
-    prune = _rank(candidates, scores, options.percent, options.min_channels, total, notes)
+    tied = tied_gammas(list(scores.values()))
+    if tied:
+        logger.warning("%s", tied)
+        notes.append(tied)
     decided: dict[int, tuple[np.ndarray, int | None]] = {}
-    for g, mode in candidates:
+    if widths is not None:
+        decided = _given_widths(candidates, scores, widths, sinks)
+        prune = {gid: pruned for gid, (pruned, _) in decided.items()}
+    else:
+        prune = _rank(candidates, scores, options.percent, options.min_channels, total, notes)
+    for g, mode in candidates if widths is None else ():
         pruned, carrier = prune[g.id], None
         if g.blocks > 1:
             pruned = _balance_blocks(g, pruned, scores[g.id], options)
@@ -218,6 +235,30 @@ def plan(
         notes=notes,
         frozen=frozen,
     )
+
+
+def tied_gammas(scores: list[np.ndarray]) -> str | None:
+    """A warning when the channel scores are mostly tied, as in an untrained model (every
+    gamma 1.0 from PyTorch's initialisation, 0.5 from the paper's): the ranking among tied
+    channels is arbitrary, and network slimming needs sparsity-trained gammas."""
+    flat = np.concatenate(scores) if scores else np.zeros(0)
+    if flat.size < 2:
+        return None
+    values, counts = np.unique(flat, return_counts=True)
+    value = float(values[np.argmax(counts)])
+    if counts.max() < TIED_FRACTION * flat.size or value == 0:  # zeros: equally useless
+        return None
+    return (
+        f"the BatchNorm scaling factors are tied: {int(counts.max())} of {flat.size} channels "
+        f"have |gamma| = {value:.4g}, so which of them are pruned is arbitrary (the gammas look "
+        "untrained). Network slimming ranks channels by gammas trained with an L1 penalty: "
+        "sparsity-train the model first (slimfx train -sr --s 1e-4, or "
+        "slimfx.train.SparsityRegularizer in your own loop)"
+    )
+
+
+#: Scores are "tied" when this fraction of the channels share one value.
+TIED_FRACTION = 0.2
 
 
 def cuttable_groups(
@@ -361,6 +402,47 @@ def _equal_pieces(cg, decided, modes, scores, sinks, notes):
                         notes.append(f"group {g.name}: {why}")
         if not changed:
             break
+    return decided
+
+
+def block_order(g: ChannelGroup, score: np.ndarray) -> np.ndarray:
+    """The group's channels in the order a width keeps them: the top ``w`` of this order are
+    the channels a structural width ``w`` keeps (before a carrier). A group split into
+    blocks takes the best of every block in turn, so a multiple of the blocks keeps as many
+    of each."""
+    if g.blocks <= 1:
+        return np.argsort(-score, kind="stable")
+    size = g.size // g.blocks
+    ranks = np.empty(g.size, dtype=np.int64)
+    for b in range(g.blocks):
+        block = score[b * size : (b + 1) * size]
+        ranks[b * size + np.argsort(-block, kind="stable")] = np.arange(size) * g.blocks + b
+    return np.argsort(ranks, kind="stable")
+
+
+def _given_widths(candidates, scores, widths, sinks: _SinkView):
+    """Case 7: every named group keeps its best channels up to the given width."""
+    known = {g.name for g, _ in candidates}
+    unknown = sorted(set(widths) - known)
+    if unknown:
+        raise ValueError(f"widths name groups that cannot be pruned: {', '.join(unknown[:5])}")
+    decided = {}
+    for g, mode in candidates:
+        width = int(widths.get(g.name, g.size))
+        if not 1 <= width <= g.size or width % g.blocks:
+            raise ValueError(
+                f"group {g.name}: width {width} is not in [1, {g.size}] or not a multiple of "
+                f"its {g.blocks} blocks"
+            )
+        order = block_order(g, scores[g.id])
+        pruned = np.ones(g.size, dtype=bool)
+        pruned[order[:width]] = False
+        carrier = None
+        if g.blocks == 1 and pruned.any() and sinks.needs_carrier(g.id, mode, pruned):
+            if width > 1:  # the carrier takes the last of the width's places
+                pruned[order[width - 1]] = True
+            carrier = int(np.flatnonzero(pruned)[0])
+        decided[g.id] = pruned, carrier
     return decided
 
 

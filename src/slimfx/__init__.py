@@ -20,6 +20,7 @@ from slimfx.errors import (
     UnsupportedError,
 )
 from slimfx.export.onnx import export_onnx
+from slimfx.export.quantize import QuantizeOptions
 from slimfx.ir.channel_graph import ChannelGraph, ChannelGroup
 from slimfx.ir.constant_tables import ConstantTables
 from slimfx.ir.options import Mode, SlimOptions
@@ -44,6 +45,7 @@ __all__ = [
     "GroupPlan",
     "Mode",
     "PlanError",
+    "QuantizeOptions",
     "SlimOptions",
     "SlimPlan",
     "SlimReport",

@@ -7,6 +7,8 @@ involved, say what was expected and what the user can do.
 
 from __future__ import annotations
 
+import re
+
 
 class SlimfxError(Exception):
     """Base class of every slimfx error."""
@@ -51,5 +53,13 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     For messages that quote an error from deep inside torch or onnxruntime, whose full text
     can run to pages.
     """
-    text = str(exc).strip()
+    text = strip_ansi(str(exc)).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
+def strip_ansi(text: str) -> str:
+    """``text`` without terminal escape sequences (colours some libraries put in messages)."""
+    return _ANSI.sub("", text)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")

@@ -170,6 +170,33 @@ class OutputSet:
                 _discard(tmp)
 
 
+def check_output_dir(path: str | os.PathLike, flag: str | None = None) -> Path:
+    """Fail now, creating nothing, when ``path`` cannot become a writable output folder (it
+    is a file, lies under a file, or its nearest existing folder is not writable); the
+    messages are :func:`ensure_output_dir`'s, after ``flag`` (``"--save"``) when given.
+    Call it before any work; :func:`ensure_output_dir` creates the folder afterwards."""
+    folder = Path(path)
+    prefix = f"{flag} {folder}: " if flag else ""
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{prefix}output folder {folder} exists and is not a folder")
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == Path(p.anchor))
+    if not existing.is_dir():
+        raise NotADirectoryError(
+            f"{prefix}cannot create output folder {folder}: {existing} is not a folder"
+        )
+    try:  # permission bits do not stop root: create (and remove) a file to find out
+        fd, probe = tempfile.mkstemp(prefix=".slimfx-write-test.", dir=existing)
+    except OSError as exc:
+        if existing == folder:
+            raise PermissionError(f"{prefix}output folder {folder} is not writable") from exc
+        raise PermissionError(
+            f"{prefix}cannot create output folder {folder}: {existing} is not writable"
+        ) from exc
+    os.close(fd)
+    os.unlink(probe)
+    return folder
+
+
 def ensure_output_dir(path: str | os.PathLike) -> Path:
     """Create an output folder, with a clear error when it cannot be one or is not writable."""
     folder = Path(path)

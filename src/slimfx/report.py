@@ -24,6 +24,9 @@ class LayerRow:
         Channels in the slim model (``remaining`` plus a carrier channel, if any).
     mode : str
         ``"compensate"``, ``"zero"`` or ``"frozen"``/``"kept"`` for layers not pruned.
+    group : str
+        The channel group(s) the BatchNorm's channels belong to (named by their first
+        layer; BatchNorms after a residual add share one).
     """
 
     index: int
@@ -32,13 +35,33 @@ class LayerRow:
     remaining: int
     width: int
     mode: str
+    group: str = ""
+
+
+def latency_summary(latency: dict) -> str:
+    """One line: the latency target, and predicted against measured latency."""
+    target = latency["target"]
+    threads = f", {target['threads']} threads" if target.get("threads") else ""
+    asked = (
+        f"asked {latency['speedup']:.2f}x"
+        if latency.get("speedup")
+        else f"asked {latency['budget_ms']:.2f} ms"
+    )
+    error = latency["predicted_ms"] / latency["measured_ms"] - 1
+    return (
+        f"Latency on {target['backend']} (batch {target['batch']}{threads}): original "
+        f"{latency['original_ms']:.2f} ms -> predicted {latency['predicted_ms']:.2f} ms, "
+        f"measured {latency['measured_ms']:.2f} ms ({latency['measured_speedup']:.2f}x "
+        f"faster, {asked}; prediction {error:+.1%}), |gamma| mass kept "
+        f"{latency['kept_mass'] / max(latency['total_mass'], 1e-300):.1%}"
+    )
 
 
 @dataclass
 class SlimReport:
     """Numbers and notes of one slimming run (see :func:`slimfx.slim`)."""
 
-    percent: float
+    percent: float | None
     threshold: float
     total_channels: int
     pruned_channels: int
@@ -53,6 +76,7 @@ class SlimReport:
     weights_error: float | None = None
     frozen: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    latency: dict | None = None
 
     @property
     def ratio(self) -> float:
@@ -60,13 +84,21 @@ class SlimReport:
         return self.pruned_channels / self.total_channels if self.total_channels else 0.0
 
     def table(self) -> str:
-        """The reference code's per-layer table."""
-        lines = []
+        """The per-layer table: each BatchNorm by name, the group it governs, its channels
+        before and after (the reference code's columns, with names instead of indices)."""
+        if not self.layers:
+            return ""
+        name_width = max(len("BatchNorm"), *(len(r.name) for r in self.layers))
+        group_width = max(len("group"), *(len(r.group) for r in self.layers))
+        lines = [
+            f"{'BatchNorm':<{name_width}}  {'group':<{group_width}}  total channel  "
+            "remaining channel  mode"
+        ]
         for row in self.layers:
-            extra = " (+1 carrier)" if row.width > row.remaining else ""
+            extra = " +1 carrier" if row.width > row.remaining else ""
             lines.append(
-                f"layer index: {row.index:d} \t total channel: {row.total:d} \t "
-                f"remaining channel: {row.remaining:d}{extra}"
+                f"{row.name:<{name_width}}  {row.group:<{group_width}}  {row.total:>13d}  "
+                f"{f'{row.remaining:d}{extra}':>17}  {row.mode}"
             )
         return "\n".join(lines)
 
@@ -75,10 +107,15 @@ class SlimReport:
             return f"{a / b:.2f}x" if b else "-"
 
         threshold = "-" if math.isnan(self.threshold) else f"{self.threshold:.4g}"
+        requested = (
+            f"requested {self.percent * 100:.2f}%"
+            if self.percent is not None
+            else "to a latency target"
+        )
         lines = [
             self.table(),
             f"Pruned ratio: {self.ratio * 100:.2f}% ({self.pruned_channels} of "
-            f"{self.total_channels} channels, requested {self.percent * 100:.2f}%), "
+            f"{self.total_channels} channels, {requested}), "
             f"threshold |gamma| <= {threshold}, carrier channels: {self.carriers}",
             f"Parameters: {self.params_before:,} -> {self.params_after:,} "
             f"({ratio(self.params_before, self.params_after)} fewer)",
@@ -96,8 +133,23 @@ class SlimReport:
                     else ""
                 )
             )
+        if self.latency is not None:
+            lines.append(latency_summary(self.latency))
         lines += [f"frozen: {f}" for f in self.frozen]
         lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def latency_table(self) -> str:
+        """Per layer: widths, predicted latency at full and slim width (latency plans)."""
+        if self.latency is None:
+            return ""
+        lines = [f"{'layer':<28} {'widths':>15} {'original ms':>12} {'predicted ms':>13}"]
+        for node, row in self.latency["layers"].items():
+            widths = "{}->{} of {}->{}".format(*row["widths"], *row["full_widths"])
+            lines.append(
+                f"{row['module'] or node:<28} {widths:>15} {row['original_ms']:>12.3f} "
+                f"{row['predicted_ms']:>13.3f}"
+            )
         return "\n".join(lines)
 
     def to_dict(self) -> dict:

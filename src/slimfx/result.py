@@ -223,12 +223,16 @@ def _report(model, cg: ChannelGraph, slim_plan: SlimPlan, module: fx.GraphModule
     by_name = {g.name: g.id for g in cg.groups}
     for name, gp in slim_plan.groups.items():
         mode_of[by_name[name]] = gp.mode.value
+    module_of = {n.name: str(n.target) for n in cg.gm.graph.nodes if n.op == "call_module"}
     rows = []
     for name, node in _bn_nodes(cg).items():
         layout = cg.layout(node)
         if layout is None:
             continue
         modes = {mode_of.get(g, "kept") for g in layout.group_ids()}
+        group = "+".join(
+            module_of.get(cg.groups[g].name, cg.groups[g].name) for g in layout.group_ids()
+        )
         rows.append(
             LayerRow(
                 index=index_of.get(name, -1),
@@ -237,6 +241,7 @@ def _report(model, cg: ChannelGraph, slim_plan: SlimPlan, module: fx.GraphModule
                 remaining=int(keep.mask(layout).sum()),
                 width=int(structural.mask(layout).sum()),
                 mode="/".join(sorted(modes)),
+                group=group,
             )
         )
     frozen = [f"{g.name}: {'; '.join(g.frozen)}" for g in cg.groups if g.frozen and g.scorers]
@@ -255,4 +260,5 @@ def _report(model, cg: ChannelGraph, slim_plan: SlimPlan, module: fx.GraphModule
         layers=rows,
         frozen=frozen,
         notes=list(cg.notes) + list(slim_plan.notes),
+        latency=slim_plan.latency,
     )

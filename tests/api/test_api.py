@@ -40,7 +40,10 @@ def test_kept_has_one_entry_per_prunable_batchnorm(model):
 def test_report_has_the_reference_table_and_counts(model):
     res = slimfx.slim(model, X, 0.5)
     rep = res.report
-    assert rep.table().splitlines()[0].startswith("layer index: 3 \t total channel: 64")
+    head, first = rep.table().splitlines()[:2]
+    assert head == rep.table().splitlines()[0]
+    assert head.startswith("BatchNorm") and "group" in head and "remaining channel" in head
+    assert first.split()[:3] == ["feature.1", "feature.0", "64"]  # named, with its group
     assert rep.params_before == sum(p.numel() for p in model.parameters())
     assert rep.params_after == sum(p.numel() for p in res.module.parameters())
     assert rep.macs_after < rep.macs_before

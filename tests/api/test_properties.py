@@ -4,6 +4,7 @@ Every result is verified in float64 by the pass itself (``verify=True``) and, in
 against a masked model built from ``res.kept`` alone.
 """
 
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -130,6 +131,7 @@ class RandomNet(nn.Module):
         return self.classifier(x)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     arch=architectures(),

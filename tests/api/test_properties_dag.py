@@ -5,6 +5,7 @@ across adds and concatenations carry several groups at offsets — each result v
 float64 by the pass and against the oracle masked model, in both compensation modes.
 """
 
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -122,6 +123,7 @@ class Net(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 2), 1))
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     kinds=st.lists(st.sampled_from(BLOCKS), min_size=1, max_size=4),

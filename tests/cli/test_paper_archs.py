@@ -48,7 +48,7 @@ def test_train_prune_refine(tmp_path, arch, depth, capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert "layer index" in out and "cfg" in out.lower()
+    assert "remaining channel" in out and "cfg" in out.lower()
     pruned = torch.load(tmp_path / "pruned" / "pruned.pth", weights_only=True)
     model = build_model(arch, depth, "digits", cfg=pruned["cfg"])
     model.load_state_dict(pruned["state_dict"], strict=True)

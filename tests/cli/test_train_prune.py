@@ -139,7 +139,8 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys, vgg11_checkpoint,
     wrong_depth = one_line_error(
         capsys, [*prune, "--model", str(vgg11_checkpoint), "--depth", "13"]
     )
-    assert "does not fit" in wrong_depth and "--depth" in wrong_depth
+    assert "does not fit VGG-13" in wrong_depth
+    assert "the file is a VGG-11 checkpoint: use --depth 11" in wrong_depth
     for flag, value in (
         ("--percent", "1.5"),
         ("--round-to", "0"),
@@ -151,7 +152,7 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys, vgg11_checkpoint,
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and flag in err[0]
     line = one_line_error(capsys, [*prune, "--model", str(vgg11_checkpoint), "--depth", "12"])
-    assert "--depth 12" in line and "11, 13, 16, 19" in line
+    assert "--depth 12" in line and "11, 13, 16, 19" in line and "use --depth 11" in line
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--s", "-1"])
     assert exit_info.value.code == 2

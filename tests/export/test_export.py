@@ -177,3 +177,48 @@ def test_relative_error_definition():
 def test_exported_as_top_level_api():
     assert slimfx.export_onnx is export_onnx
     assert "export_onnx" in slimfx.__all__
+
+
+class _AdaptiveHeadVGG(torch.nn.Module):
+    """A hand-written VGG whose head max-pools a 7x7 map to 2x2 (7 is not a multiple of 2)."""
+
+    def __init__(self, return_indices=False):
+        super().__init__()
+        conv = [torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Conv2d(16, 16, 3, padding=1)]
+        self.features = torch.nn.Sequential(
+            conv[0], torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+            conv[1], torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+        )  # fmt: skip
+        self.fc = torch.nn.Linear(64, 10)
+        self.return_indices = return_indices
+
+    def forward(self, x):
+        x = self.features(x)
+        if self.return_indices:
+            x, _ = torch.nn.functional.adaptive_max_pool2d(x, 2, return_indices=True)
+        else:
+            x = torch.nn.functional.adaptive_max_pool2d(x, 2)
+        return self.fc(x.flatten(1))
+
+
+def test_adaptive_pooling_that_exporters_refuse_is_lowered_and_checked(tmp_path):
+    import slimfx
+
+    model, x = _AdaptiveHeadVGG().eval(), torch.randn(1, 3, 7, 7)
+    for name, module in {"original": model, "slim": slimfx.slim(model, x, 0.5).module}.items():
+        out = export_onnx(module, x, tmp_path / f"{name}.onnx")
+        assert out.max_relative_error <= ONNX_RTOL  # onnxruntime against the unlowered module
+        ops = {n.op_type for n in onnx.load(str(out.path)).graph.node}
+        assert "MaxPool" not in ops and "ReduceMax" in ops
+
+
+def test_an_op_no_exporter_takes_is_one_clean_line_naming_the_node(tmp_path):
+    model, x = _AdaptiveHeadVGG(return_indices=True).eval(), torch.randn(1, 3, 7, 7)
+    with pytest.raises(SlimfxError) as info:
+        export_onnx(model, x, tmp_path / "m.onnx")
+    message = str(info.value)
+    assert "\x1b" not in message and "\n" not in message
+    assert (
+        "at node 'adaptive_max_pool2d_with_indices' (adaptive_max_pool2d_with_indices)" in message
+    )
+    assert not list(tmp_path.iterdir())

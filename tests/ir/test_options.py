@@ -25,6 +25,11 @@ FIELDS = (
     "leaf_modules",
     "leaf_types",
     "keep_forward",
+    "speedup",
+    "latency_ms",
+    "backend",
+    "batch",
+    "threads",
 )
 
 
@@ -46,7 +51,6 @@ FIELDS = (
         False,
         np.True_,
         "0.5",
-        None,
         [0.5],
         0.5j,
     ],
@@ -105,6 +109,11 @@ def test_defaults():
         "leaf_modules": (),
         "leaf_types": (),
         "keep_forward": False,
+        "speedup": None,
+        "latency_ms": None,
+        "backend": "ort-cpu",
+        "batch": None,
+        "threads": None,
     }
 
 
@@ -130,6 +139,11 @@ def test_numpy_numbers_become_python_numbers():
         "leaf_modules": tuple,
         "leaf_types": tuple,
         "keep_forward": bool,
+        "speedup": type(None),
+        "latency_ms": type(None),
+        "backend": str,
+        "batch": type(None),
+        "threads": type(None),
     }
     assert values["percent"] == 0.25  # exact in float32
     assert (values["min_channels"], values["round_to"]) == (3, 8)
@@ -311,3 +325,39 @@ def test_slim_rejects_unknown_settings_and_bad_values(vgg):
 def test_bool_settings_reject_non_bools_by_name(name):
     with pytest.raises(ValueError, match=name):
         SlimOptions(**{name: "false"})
+
+
+def test_percent_speedup_and_latency_ms_are_one_choice():
+    assert SlimOptions().percent == 0.5 and not SlimOptions().latency_target
+    fast = SlimOptions().replace(speedup=2)
+    assert fast.percent is None and fast.speedup == 2.0 and fast.latency_target
+    assert fast.replace(percent=0.3).speedup is None  # choosing one drops the others
+    assert fast.replace(latency_ms=5).speedup is None
+    for bad in ({"percent": 0.3, "speedup": 2}, {"speedup": 2, "latency_ms": 3}):
+        with pytest.raises(ValueError, match="exclusive"):
+            SlimOptions(**bad)
+    with pytest.raises(ValueError, match="exclusive"):
+        SlimOptions.of(None, percent=0.3, speedup=2)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("speedup", 1.0, "greater than 1"),
+        ("speedup", float("nan"), "greater than 1"),
+        ("latency_ms", 0, "positive"),
+        ("latency_ms", "5", "a number"),
+        ("batch", 0, "positive integer"),
+        ("threads", 1.5, "positive integer"),
+        ("backend", "tpu", "unknown backend"),
+    ],
+)
+def test_latency_settings_are_checked(name, value, message):
+    with pytest.raises(ValueError, match=message):
+        SlimOptions(**{name: value})
+
+
+def test_backend_aliases_become_backend_names():
+    assert SlimOptions(backend="onnxruntime").backend == "ort-cpu"
+    assert SlimOptions(backend="PyTorch").backend == "torch-cpu"
+    assert SlimOptions(backend="ort-cuda").backend == "ort-cuda"

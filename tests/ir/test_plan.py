@@ -190,11 +190,17 @@ def test_json_holds_the_plan_settings_flat_and_modes_as_strings(mixed):
         "round_to",
         "compensate",
         "group_score",
+        "speedup",
+        "latency_ms",
+        "backend",
+        "batch",
+        "threads",
         "total",
         "pruned",
         "threshold",
         "notes",
         "frozen",
+        "latency",
     ]
     assert data["groups"]["conv1"]["mode"] == "zero"
     assert data["groups"]["conv2"]["mode"] == "compensate"

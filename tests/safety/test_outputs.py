@@ -22,7 +22,15 @@ import torch
 from slimfx.cli import main
 from slimfx.files import OutputSet, atomic_path, save_torch, write_text
 
-PRUNE_OUTPUTS = ["channels.png", "gammas.png", "prune.json", "prune.txt", "pruned.pth"]
+PRUNE_OUTPUTS = [
+    "channels.png",
+    "gammas.png",
+    "prune.json",
+    "prune.txt",
+    "pruned.json",
+    "pruned.pth",
+    "pruned.safetensors",
+]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -93,7 +101,7 @@ def test_a_successful_prune_replaces_the_whole_set(checkpoints, earlier):
     save, before = earlier
     assert main([*prune_argv(checkpoints, save, "0.6"), "--no-plots"]) == 0
     after = snapshot(save)
-    assert sorted(after) == ["prune.json", "prune.txt", "pruned.pth"]
+    assert sorted(after) == [n for n in PRUNE_OUTPUTS if not n.endswith(".png")]
     for name in after:
         assert after[name] != before[name], name
     old_cfg = torch.load(io.BytesIO(before["pruned.pth"]), weights_only=True)["cfg"]

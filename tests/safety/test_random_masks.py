@@ -14,6 +14,7 @@ import copy
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -150,6 +151,7 @@ def set_gammas(model, cg, masks, rng) -> None:
                 )
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(net=networks(), data=st.data(), seed=st.integers(0, 2**16), compensate=st.booleans())
 def test_random_masks_slim_exactly(net, data, seed, compensate):

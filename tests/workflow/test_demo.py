@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 
 import onnx
+import pytest
 
 from slimfx.cli import main
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_demo_meets_the_acceptance_criteria(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out)]) == 0

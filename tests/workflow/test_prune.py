@@ -14,8 +14,10 @@ import torch
 import torch.nn as nn
 
 from slimfx.cli import main
+from slimfx.errors import CheckpointError
 from slimfx.ir.options import SlimOptions
-from slimfx.models import VGG
+from slimfx.models import VGG, build_model
+from slimfx.workflow.prune import model_for_checkpoint
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -123,7 +125,7 @@ def test_reference_checkpoint_prunes_and_loads_into_the_reference_class(
     assert prune_cli(path, tmp_path, *extra) == 0
     out = capsys.readouterr().out
     assert "=> loaded checkpoint" in out and "(epoch 160) Prec1: 0.930000" in out
-    assert "layer index: 3 \t total channel: 64 \t remaining channel:" in out
+    assert "feature.1" in out and "total channel  remaining channel" in out
     for text in (
         "Pruned ratio: 50.00%",
         "Test accuracy of the masked model",
@@ -237,3 +239,62 @@ def test_slim_result_cfg_rebuilds_the_vgg(compensate, wf):
     with torch.no_grad():
         torch.testing.assert_close(rebuilt.eval()(x), res.module.eval()(x), rtol=1e-5, atol=1e-6)
     assert res.report.params_before / res.report.params_after > 2
+
+
+def _state(arch, depth, dataset="digits", cfg=None):
+    with torch.device("meta"):  # shapes are all the loading helpers compare
+        return build_model(arch, depth, dataset, cfg=cfg).state_dict()
+
+
+@pytest.mark.parametrize(
+    ("file", "flags", "message"),
+    [
+        (
+            ("vgg", 11),
+            ("vgg", 13),
+            "wrong --depth: the file is a VGG-11 checkpoint: use --depth 11",
+        ),
+        (
+            ("resnet", 20),
+            ("vgg", 19),
+            "wrong --arch/--depth: the file is a PreResNet-20 checkpoint: use --arch resnet "
+            "--depth 20",
+        ),
+        (
+            ("vgg", 16, "cifar100"),
+            ("vgg", 16),
+            "wrong --dataset: the file is a VGG-16 checkpoint with 100 classes: use --dataset "
+            "cifar100",
+        ),
+        (("densenet", 10), ("densenet", 40), "DenseNet-10 checkpoint: use --depth 10"),
+    ],
+)
+def test_a_file_of_another_model_says_which_flags_fit(file, flags, message):
+    arch, depth = flags
+    with pytest.raises(CheckpointError) as info:
+        model_for_checkpoint(
+            {"state_dict": _state(*file)}, "f.pth", arch=arch, depth=depth, dataset="digits"
+        )
+    text = str(info.value)
+    assert text.startswith("f.pth does not fit ") and message in text, text
+    assert len(text) < 400 and "\n" not in text
+
+
+def test_no_fitting_model_gives_a_short_summary_and_an_invalid_depth_names_the_file():
+    state = {k: v for k, v in _state("vgg", 11).items() if not k.startswith("classifier")}
+    with pytest.raises(CheckpointError) as info:
+        model_for_checkpoint({"state_dict": state}, "f.pth", arch="vgg", depth=11, dataset="digits")
+    assert str(info.value) == (
+        "f.pth does not fit VGG-11: missing keys: classifier.weight and 1 more "
+        "(wrong --arch/--depth/--dataset, or a pruned model without its cfg?)"
+    )
+    with pytest.raises(ValueError, match=r"one of 11, 13, 16, 19; the file is a VGG-11 .*11$"):
+        model_for_checkpoint(
+            {"state_dict": _state("vgg", 11)}, "f.pth", arch="vgg", depth=12, dataset="digits"
+        )
+    cfg = [8, "M", 16]
+    ckpt = {"cfg": cfg, "state_dict": _state("vgg", 0, cfg=cfg)}
+    with pytest.raises(
+        CheckpointError, match="The file is a pruned VGG checkpoint: use --arch vgg"
+    ):
+        model_for_checkpoint(ckpt, "p.pth", arch="resnet", depth=164, dataset="digits")

@@ -13,6 +13,11 @@ How a measurement is made (:func:`measure_latency`):
    spread (max - min) exceeds the difference of the medians, the row is flagged ``noisy``
    and a warning is logged and stored in the report.
 
+A model entry of :func:`measure_latency` can also be the path of an ONNX file written
+earlier (an int8 model from ``export_onnx(..., quantize=...)``): it runs as it is on the
+backends that run ONNX files and is listed as not measured on the PyTorch ones; its size is
+the element count of its initializers and its MACs are unknown.
+
 MACs are conv+linear multiply-accumulates per sample (:func:`slimfx.counting.count_macs`),
 so ``efficiency = speedup / MACs ratio`` says how much of the MACs reduction became latency.
 The models' sizes and :func:`synthetic_scales` live in :mod:`slimfx.bench.models`; the
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -117,7 +123,7 @@ def compare_latency(
 
 
 def measure_latency(
-    models: Mapping[str, torch.nn.Module],
+    models: Mapping[str, torch.nn.Module | str | os.PathLike],
     example_inputs: Any,
     *,
     baseline: str | None = None,
@@ -133,7 +139,8 @@ def measure_latency(
     """Measure several models in one run (alternating); compare each with ``baseline``.
 
     Parameters are those of :func:`compare_latency`; ``models`` maps a display name to a
-    model and ``baseline`` names the reference (default: the first model). Noise warnings
+    model, or to an ONNX file (module docstring), and ``baseline`` names the reference
+    (default: the first model). Noise warnings
     are logged at WARNING level, or at INFO with ``warn_noise=False``; either way they are
     stored in :attr:`LatencyReport.warnings`.
     """
@@ -145,7 +152,7 @@ def measure_latency(
     batches = _check_settings(batches, rounds, warmup, threads, min_round_seconds)
     inputs = as_input_tuple(example_inputs)
     available, skipped = resolve_backends(backends)
-    infos = {name: model_info(name, module, inputs) for name, module in models.items()}
+    infos = {name: _info(name, module, inputs) for name, module in models.items()}
     measurements: list[Measurement] = []
     total = len(available) * len(batches) * rounds
     with (
@@ -155,7 +162,8 @@ def measure_latency(
         torch_threads(threads),
     ):
         for module in models.values():
-            modes.enter_context(eval_mode(module))
+            if isinstance(module, torch.nn.Module):
+                modes.enter_context(eval_mode(module))
         onnx_files: dict[str, Path] = {}
         for backend in available:
             try:
@@ -169,6 +177,8 @@ def measure_latency(
                 logger.warning("skipping backend %s: %s", backend, skipped[backend])
                 bar.update(len(batches) * rounds)
                 continue
+            for name in [n for n in models if n not in runners]:  # ONNX files, torch backend
+                skipped[f"{name} on {backend}"] = "an ONNX file runs on ONNX backends only"
             for batch in batches:
                 bar.set_description(f"{backend} batch {batch}")
                 batch_inputs = resize_batch(tuple(t.cpu() for t in inputs), batch, seed=batch)
@@ -219,7 +229,9 @@ def _rows(measurements: list[Measurement], infos: dict[str, ModelInfo], baseline
     for m in measurements:
         if m.model == baseline:
             continue
-        base = by_key[(m.backend, m.batch, baseline)]
+        base = by_key.get((m.backend, m.batch, baseline))
+        if base is None:  # the baseline is an ONNX file, not run on this backend
+            continue
         ratios = np.asarray(base.rounds_ms) / np.asarray(m.rounds_ms)
         speedup = float(np.median(ratios))
         macs_base, macs = infos[baseline].macs, infos[m.model].macs
@@ -255,6 +267,21 @@ def _rows(measurements: list[Measurement], infos: dict[str, ModelInfo], baseline
             )
         )
     return rows, warnings
+
+
+def _info(name: str, model, inputs: tuple) -> ModelInfo:
+    """:func:`model_info` of a module; an ONNX file's initializer elements, MACs unknown."""
+    if isinstance(model, torch.nn.Module):
+        return model_info(name, model, inputs)
+    if not isinstance(model, str | os.PathLike):
+        raise ValueError(f"model {name!r} is a {type(model).__name__}, not a module or a path")
+    if not Path(model).is_file():
+        raise FileNotFoundError(f"model {name!r}: no ONNX file {model}")
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    params = sum(int(np.prod(t.dims)) for t in graph.initializer)
+    return ModelInfo(name=name, params=params, macs=None)
 
 
 def _check_settings(batches, rounds, warmup, threads, min_round_seconds) -> list[int]:

@@ -7,6 +7,7 @@ values it collects (:class:`TimingStats`, :class:`Measurement`, :class:`ModelInf
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -94,6 +95,23 @@ class LatencyReport:
             warnings=data["warnings"],
         )
 
+    def with_prediction(self, model: str, latency: dict) -> LatencyReport:
+        """This report with ``model``'s predicted latency from its plan's latency record
+        (``SlimPlan.latency``) in the rows of the backend and batch size it was planned for."""
+        target = latency["target"]
+        rows = [
+            dataclasses.replace(r, predicted_ms=float(latency["predicted_ms"]))
+            if (r.model, r.backend, r.batch) == (model, target["backend"], target["batch"])
+            else r
+            for r in self.rows
+        ]
+        return dataclasses.replace(self, rows=rows)
+
+    def _predicted(self, row: LatencyRow) -> str:
+        if row.predicted_ms is None:
+            return "-"
+        return f"{row.predicted_ms:.2f} ({row.predicted_ms / row.slim_median_ms - 1:+.0%})"
+
     def header(self) -> str:
         """One line naming the machine, the software and the settings."""
         m, s = self.machine, self.settings
@@ -122,10 +140,13 @@ class LatencyReport:
         """A Markdown section: machine, model sizes, the comparison table, notes."""
         lines = [f"### {title or 'Latency: ' + self.baseline + ' vs ' + self._candidates()}", ""]
         lines += [self.header() + ".", "", *self.model_lines(), ""]
+        predicted = any(r.predicted_ms is not None for r in self.rows)
         lines += [
             f"| backend | batch | model | {self.baseline} ms median (p90) | min–max | "
-            "model ms median (p90) | min–max | speedup (min–max) | efficiency |",
-            "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+            "model ms median (p90) | min–max | "
+            + ("predicted ms (error) | " if predicted else "")
+            + "speedup (min–max) | efficiency |",
+            "|---|---:|---|---:|---:|---:|---:|" + ("---:|" if predicted else "") + "---:|---:|",
         ]
         for r in self.rows:
             note = " ⚠ noisy" if r.noisy else ""
@@ -133,13 +154,20 @@ class LatencyReport:
                 f"| {r.backend} | {r.batch} | {r.model} | {r.original_median_ms:.2f} "
                 f"({r.original_p90_ms:.2f}) | {r.original_min_ms:.2f}–{r.original_max_ms:.2f} | "
                 f"{r.slim_median_ms:.2f} ({r.slim_p90_ms:.2f}) | "
-                f"{r.slim_min_ms:.2f}–{r.slim_max_ms:.2f} | {r.speedup:.2f}× "
-                f"({r.speedup_min:.2f}–{r.speedup_max:.2f}){note} | {_num(r.efficiency)} |"
+                f"{r.slim_min_ms:.2f}–{r.slim_max_ms:.2f} | "
+                + (f"{self._predicted(r)} | " if predicted else "")
+                + f"{r.speedup:.2f}× ({r.speedup_min:.2f}–{r.speedup_max:.2f}){note} | "
+                f"{_num(r.efficiency)} |"
             )
         lines.append("")
         lines.append(
             "speedup: median of per-round ratios (rounds alternate the models); efficiency = "
             "speedup ÷ MACs ratio; ⚠ noisy: the latency spread (max − min) exceeds the effect."
+            + (
+                " predicted: the latency plan's prediction (error against the measured median)."
+                if predicted
+                else ""
+            )
         )
         if self.skipped:
             lines += [
@@ -154,9 +182,12 @@ class LatencyReport:
         """A plain-text table for a terminal (medians in ms, the candidate's min–max)."""
         width = max([len("model"), *(len(r.model) for r in self.rows)]) + 2
         base = f"{self.baseline} median"
+        predicted = any(r.predicted_ms is not None for r in self.rows)
         head = (
             f"{'backend':<11}{'batch':>6}  {'model':<{width}}{base:>17}{'model median':>14}"
-            f"{'p90':>10}{'min–max':>19}{'speedup':>9}{'eff.':>7}"
+            f"{'p90':>10}{'min–max':>19}"
+            + (f"{'predicted':>18}" if predicted else "")
+            + f"{'speedup':>9}{'eff.':>7}"
         )
         lines = [self.header(), head, "-" * len(head)]
         for r in self.rows:
@@ -164,7 +195,8 @@ class LatencyReport:
                 f"{r.backend:<11}{r.batch:>6}  {r.model:<{width}}{r.original_median_ms:>14.2f} ms"
                 f"{r.slim_median_ms:>11.2f} ms{r.slim_p90_ms:>10.2f}"
                 f"{f'{r.slim_min_ms:.2f}–{r.slim_max_ms:.2f}':>19}"
-                f"{r.speedup:>8.2f}×{_num(r.efficiency):>7}{'  noisy' if r.noisy else ''}"
+                + (f"{self._predicted(r):>18}" if predicted else "")
+                + f"{r.speedup:>8.2f}×{_num(r.efficiency):>7}{'  noisy' if r.noisy else ''}"
             )
         for name, reason in self.skipped.items():
             lines.append(f"not measured: {name} ({reason})")

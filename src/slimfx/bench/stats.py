@@ -134,6 +134,9 @@ class LatencyRow:
         Baseline MACs over candidate MACs (``None`` when either is unknown).
     efficiency : float or None
     noisy : bool
+    predicted_ms : float or None
+        The candidate's latency as its latency plan predicted it (``SlimPlan.latency``),
+        when it was planned for this backend and batch size.
     """
 
     backend: str
@@ -153,3 +156,4 @@ class LatencyRow:
     macs_ratio: float | None
     efficiency: float | None
     noisy: bool
+    predicted_ms: float | None = None

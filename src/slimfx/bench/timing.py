@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 
@@ -62,6 +63,8 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 
 
 class _NoBar:
+    interactive = False
+
     def update(self, n: int = 1) -> None:
         pass
 
@@ -69,15 +72,63 @@ class _NoBar:
         pass
 
 
+class _LineBar:
+    """Progress as a line on stderr every ``interval`` seconds (output to a file or a pipe)."""
+
+    interactive = False
+
+    def __init__(self, total: int, unit: str, interval: float = 10.0):
+        self.total, self.unit, self.interval = total, unit, interval
+        self.done, self.description = 0, ""
+        self.start = self.last = time.perf_counter()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self.last >= self.interval:
+            self.last = now
+            self._line(now)
+
+    def set_description(self, text: str) -> None:
+        self.description = text
+
+    def close(self) -> None:
+        if time.perf_counter() - self.start >= self.interval:  # a long run says it is done
+            self._line(time.perf_counter())
+
+    def _line(self, now: float) -> None:
+        label = f"{self.description}: " if self.description else ""
+        print(
+            f"{label}{self.done}/{self.total} {self.unit}s ({now - self.start:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 @contextlib.contextmanager
-def progress_bar(total: int, enabled: bool):
-    """A tqdm bar on a terminal; silent otherwise (or when tqdm is missing)."""
+def progress_bar(total: int, enabled: bool, unit: str = "round"):
+    """Progress of ``total`` steps: a tqdm bar on a terminal, a line on stderr every 10 s
+    when stderr is a file or a pipe, nothing when not ``enabled``.
+
+    The bar's ``interactive`` attribute says whether a tqdm bar is shown.
+    """
+    if not enabled:
+        yield _NoBar()
+        return
+    if not sys.stderr.isatty():
+        bar = _LineBar(total, unit)
+        try:
+            yield bar
+        finally:
+            bar.close()
+        return
     try:
         from tqdm.auto import tqdm
     except ImportError:
         yield _NoBar()
         return
-    bar = tqdm(total=total, disable=None if enabled else True, unit="round", leave=False)
+    bar = tqdm(total=total, unit=unit, leave=False)
+    bar.interactive = True
     try:
         yield bar
     finally:

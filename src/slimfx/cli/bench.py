@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from slimfx.bench.backends import BACKENDS
+from slimfx.bench.backends import BACKEND_ALIASES, BACKENDS, canonical_backend
 from slimfx.cli.export import add_model_arguments, build_model, example_input, load_model
-from slimfx.cli.prune import percent_value
+from slimfx.cli.prune import backend_value, percent_value, speedup_value
+from slimfx.cli.train import positive_float
 from slimfx.files import ensure_output_dir
+from slimfx.report import latency_summary
 from slimfx.validation import check_inputs_fit
 
 
@@ -27,14 +29,14 @@ def _backends(text: str) -> list[str] | None:
         return list(BACKENDS)
     if text == "default":
         return None
-    names = [v.strip() for v in text.split(",") if v.strip()]
-    unknown = [n for n in names if n not in BACKENDS]
+    names = [v.strip().lower() for v in text.split(",") if v.strip()]
+    unknown = [n for n in names if n not in BACKENDS and n not in BACKEND_ALIASES]
     if unknown or not names:
         raise ValueError(
             f"--backends: unknown {', '.join(unknown) or text!r}; use 'default', 'all' or "
             f"a comma-separated list of {', '.join(BACKENDS)}"
         )
-    return names
+    return list(dict.fromkeys(canonical_backend(n) for n in names))
 
 
 def _round_to(text: str) -> int | str:
@@ -47,6 +49,18 @@ def _round_to(text: str) -> int | str:
     if value < 1:
         raise ValueError(f"--round-to must be 'auto' or a positive integer, got {text!r}")
     return value
+
+
+def _recorded_latency(pruned: str) -> dict | None:
+    """The latency record of ``prune.json`` beside a pruned checkpoint, if it has one."""
+    import json
+    from pathlib import Path
+
+    summary = Path(pruned).with_name("prune.json")
+    try:
+        return json.loads(summary.read_text(encoding="utf-8"))["report"].get("latency")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,17 +91,39 @@ def run(args: argparse.Namespace) -> int:
         check_inputs_fit(slim_model, example, fits)
     if args.out:
         ensure_output_dir(args.out)  # fail before the measurements, not after them
+    latency = None
     if slim_model is not None:
         label = f"slim: {args.pruned}"
+        latency = _recorded_latency(args.pruned)
+    elif args.speedup is not None or args.latency_ms is not None:
+        target_batch = args.batch or batches[0]
+        result = slim(
+            original,
+            example,
+            speedup=args.speedup,
+            latency_ms=args.latency_ms,
+            backend=args.backend,
+            batch=target_batch,
+            threads=args.threads,
+        )
+        slim_model, latency = result.module, result.plan.latency
+        print(latency_summary(latency), file=sys.stderr)
+        asked = f"{args.speedup:g}x faster" if args.speedup else f"{args.latency_ms:g} ms"
+        label = f"slim: {asked} on {latency['target']['backend']}, batch {target_batch}"
     else:
         if round_to == "auto":
             choice = measure_round_to(
-                original, example, args.percent, threads=args.threads, progress=True
+                original,
+                example,
+                0.5 if args.percent is None else args.percent,
+                threads=args.threads,
+                progress=True,
             )
             print(choice.table(), file=sys.stderr)
             round_to = choice.round_to
-        slim_model = slim(original, example, args.percent, round_to=round_to).module
-        label = f"slim: {args.percent:.0%} pruned, round_to={round_to}"
+        percent = 0.5 if args.percent is None else args.percent
+        slim_model = slim(original, example, percent, round_to=round_to).module
+        label = f"slim: {percent:.0%} pruned, round_to={round_to}"
     report = compare_latency(
         original,
         slim_model,
@@ -99,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         progress=True,
     )
+    if latency is not None:
+        report = report.with_prediction("slim", latency)
     report.settings["slim"] = label
     print(label)
     print(report.table())
@@ -120,8 +158,35 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--pruned", metavar="PATH", help="a pruned checkpoint (else --model is slimmed here)"
     )
+    objective = parser.add_mutually_exclusive_group()
+    objective.add_argument(
+        "--percent", type=percent_value, default=None, help="pruning ratio (default: 0.5)"
+    )
+    objective.add_argument(
+        "--speedup",
+        type=speedup_value,
+        metavar="X",
+        help="slim to run X times faster on --backend at --batch (measured there); the "
+        "table then shows the plan's predicted latency beside the measured one",
+    )
+    objective.add_argument(
+        "--latency-ms",
+        type=positive_float,
+        metavar="MS",
+        help="slim to run one --batch within MS milliseconds on --backend",
+    )
     parser.add_argument(
-        "--percent", type=percent_value, default=0.5, help="pruning ratio (default: 0.5)"
+        "--backend",
+        type=backend_value,
+        default="ort-cpu",
+        metavar="NAME",
+        help="target of --speedup/--latency-ms (default: onnxruntime)",
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        metavar="N",
+        help="batch size of --speedup/--latency-ms (default: the first of --batches)",
     )
     parser.add_argument(
         "--round-to",

@@ -14,10 +14,11 @@ import torch
 
 from slimfx.checkpoint import load_checkpoint
 from slimfx.data import DATASETS, load_dataset
+from slimfx.files import check_output_dir
 from slimfx.models import DEFAULT_CFG, MODEL_BUILDERS, MODEL_DEPTHS, build_model
 from slimfx.train.distributed import env_rank
 from slimfx.train.loop import EpochResult, TrainConfig, TrainingInterrupted, TrainResult, fit
-from slimfx.train.state import model_cfg
+from slimfx.train.state import check_training_checkpoint, model_cfg
 from slimfx.workflow.prune import load_trained_model, model_for_checkpoint
 
 INTERRUPTED = 130
@@ -176,15 +177,22 @@ def add_parser(subparsers) -> None:
 
 
 def build_training_model(args: argparse.Namespace) -> torch.nn.Module:
-    """The model to train: from --resume's cfg, --refine's cfg and weights, or --depth."""
+    """The model to train: from --resume's cfg, --refine's cfg and weights, or --depth.
+
+    A ``--resume`` file is checked whole (a training checkpoint whose optimizer and
+    schedule fit the model) before anything is trained or written.
+    """
     torch.manual_seed(args.seed)
     if args.resume:
         ckpt = load_checkpoint(args.resume)
+        check_training_checkpoint(ckpt, args.resume)
         if ckpt.get("cfg") is None and args.refine:
             ckpt["cfg"] = load_checkpoint(args.refine).get("cfg")
-        return model_for_checkpoint(
+        model = model_for_checkpoint(
             ckpt, args.resume, arch=args.arch, depth=args.depth, dataset=args.dataset
         )
+        check_training_checkpoint(ckpt, args.resume, model)
+        return model
     if args.refine:
         model, _ = load_trained_model(
             args.refine, arch=args.arch, depth=args.depth, dataset=args.dataset
@@ -215,13 +223,18 @@ def config_from_args(args: argparse.Namespace, progress: bool) -> TrainConfig:
 
 def execute(args: argparse.Namespace, *, echo: bool = True) -> TrainResult:
     """Everything ``slimfx train`` does; returns the :class:`TrainResult`."""
+    # every input is checked before anything is printed, downloaded, created or trained
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
-    main = env_rank() == 0
-    say = print if echo and main else (lambda *a, **k: None)
+    config = config_from_args(args, progress=sys.stderr.isatty())
+    config.validate()
+    if args.save:
+        check_output_dir(args.save, "--save")
+    model = build_training_model(args)
     train_set = load_dataset(args.dataset, True, args.data_dir, download=args.download)
     test_set = load_dataset(args.dataset, False, args.data_dir, download=False)
-    model = build_training_model(args)
+    main = env_rank() == 0
+    say = print if echo and main else (lambda *a, **k: None)
     what = f"sparsity training (s={args.s:g})" if args.sr else "training"
     if args.refine:
         what = "fine-tuning " + args.refine + (f" with sparsity (s={args.s:g})" if args.sr else "")
@@ -245,7 +258,6 @@ def execute(args: argparse.Namespace, *, echo: bool = True) -> TrainResult:
             flush=True,
         )
 
-    config = config_from_args(args, progress=sys.stderr.isatty())
     result = fit(model, train_set, test_set, config, on_epoch_end=report)
     if not result.history:
         say(

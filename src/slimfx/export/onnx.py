@@ -29,9 +29,11 @@ a model that does not pass the check; the exporter used is in :class:`ExportResu
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import os
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -40,8 +42,14 @@ from typing import Any
 
 import torch
 
-from slimfx.errors import EquivalenceError, SlimfxError, first_line
+from slimfx.errors import EquivalenceError, SlimfxError, first_line, strip_ansi
 from slimfx.export.check import check_onnx, flatten_outputs, resize_batch
+from slimfx.export.quantize import (
+    QuantizeOptions,
+    QuantizeReport,
+    prepare_calibration,
+    quantize_onnx,
+)
 from slimfx.files import atomic_path
 from slimfx.numerics import as_input_tuple, eval_mode, relative_error
 from slimfx.tolerances import ONNX_RTOL
@@ -87,6 +95,9 @@ class ExportResult:
         The default-domain opset of the written model.
     dynamic_batch : bool
         Whether the batch dimension of inputs and outputs is symbolic.
+    quantization : QuantizeReport or None
+        With ``quantize=``: how the int8 model was calibrated and checked (the file holds
+        the int8 model; ``max_relative_error`` is the float model's check before it).
     """
 
     path: Path
@@ -97,13 +108,20 @@ class ExportResult:
     checked_batch_size: int
     opset: int
     dynamic_batch: bool
+    quantization: QuantizeReport | None = None
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the file holds the int8 model."""
+        return self.quantization is not None
 
     def __str__(self) -> str:
-        return (
+        text = (
             f"{self.path} ({self.exporter} exporter, opset {self.opset}, "
             f"{self.export_seconds:.2f} s; onnxruntime matches PyTorch within "
             f"{self.max_relative_error:.1e} relative at batch {self.checked_batch_size})"
         )
+        return text if self.quantization is None else f"{text}, then {self.quantization}"
 
 
 def export_onnx(
@@ -115,6 +133,7 @@ def export_onnx(
     dynamic_batch: bool = True,
     exporter: str = "auto",
     rtol: float = ONNX_RTOL,
+    quantize: QuantizeOptions | None = None,
 ) -> ExportResult:
     """Export ``module`` to an ONNX file that provably computes what the module computes.
 
@@ -135,6 +154,11 @@ def export_onnx(
         ``"auto"`` tries the fastest exporter first and falls back (module documentation).
     rtol : float
         Largest accepted ``max|onnxruntime - torch| / max|torch|``.
+    quantize : QuantizeOptions, optional
+        Write the int8 model instead: the float model is exported and checked as above,
+        then quantized by onnxruntime (QDQ, per-channel weights, calibrated on
+        ``quantize.calibration``) and checked against the module within ``quantize.rtol``
+        (:mod:`slimfx.export.quantize`).
 
     Returns
     -------
@@ -144,7 +168,7 @@ def export_onnx(
     ------
     EquivalenceError
         onnxruntime's output differs from PyTorch's beyond ``rtol`` (with every exporter
-        tried).
+        tried), or the int8 model's beyond ``quantize.rtol``.
     TraceError
         The example inputs do not fit the module (the message says what it takes).
     ValueError
@@ -171,54 +195,140 @@ def export_onnx(
     order = _exporter_order(exporter)
     check_finite_weights(module)
     check_inputs_fit(module, inputs, "an example input")  # before any file is touched
+    static = None if dynamic_batch else int(inputs[0].shape[0])
+    calibration = prepare_calibration(quantize, inputs, static_batch=static)
     dest = Path(path)
-    failures: list[str] = []
-    mismatch: EquivalenceError | None = None
     with eval_mode(module), atomic_path(dest, suffix=".tmp.onnx") as tmp:
         names = _io_names(module, inputs)
-        for name in order:
-            start = time.perf_counter()
-            try:
-                _EXPORT[name](module, inputs, tmp, opset, dynamic_batch, names)
-            except Exception as exc:  # an exporter's failure is reported, then the next tried
-                failures.append(f"{name}: {first_line(exc, 300)}")
-                logger.warning("%s exporter failed on %s: %s", name, dest, first_line(exc, 300))
-                continue
-            export_seconds = time.perf_counter() - start
-            try:
-                checked = check_onnx(tmp, module, inputs, dynamic_batch=dynamic_batch, rtol=rtol)
-            except EquivalenceError as exc:
-                mismatch = exc
-                failures.append(f"{name}: {exc}")
-                logger.warning("%s exporter wrote a mismatching model: %s", name, exc)
-                continue
-            except SlimfxError as exc:
-                failures.append(f"{name}: {exc}")
-                logger.warning("%s exporter wrote an invalid model: %s", name, exc)
-                continue
-            error, batch, check_seconds, opset_used = checked
-            result = ExportResult(
-                path=dest,
-                exporter=name,
-                export_seconds=export_seconds,
-                check_seconds=check_seconds,
-                max_relative_error=error,
-                checked_batch_size=batch,
-                opset=opset_used,
-                dynamic_batch=dynamic_batch,
-            )
-            break
-        else:
-            detail = "; ".join(failures)
+        exportable = lowered_for_export(module, inputs, trace_modules=False)
+        outcome = _try_exporters(
+            exportable, module, inputs, tmp, order, opset, dynamic_batch, rtol, names
+        )
+        if outcome.result is None and exportable is module:
+            # a plain module: trace it and lower what the exporters refused, then again
+            retraced = lowered_for_export(module, inputs, trace_modules=True)
+            if retraced is not module:
+                logger.info("exporting %s with adaptive pooling lowered", type(module).__name__)
+                outcome = _try_exporters(
+                    retraced, module, inputs, tmp, order, opset, dynamic_batch, rtol, names
+                )
+        if outcome.result is None:
+            mismatch = outcome.mismatch
+            detail = "; ".join(outcome.failures)
+            culprit = _culprit(exportable, inputs, " ".join([detail, *outcome.messages]))
+            where = f" at {culprit}" if culprit else ""
             if mismatch is not None:
                 raise EquivalenceError(
-                    f"cannot export {type(module).__name__} to {dest}: {detail}",
+                    f"cannot export {type(module).__name__} to {dest}{where}: {detail}",
                     mismatch.relative_error,
                     mismatch.tolerance,
                 )
-            raise SlimfxError(f"cannot export {type(module).__name__} to {dest}: {detail}")
+            raise SlimfxError(f"cannot export {type(module).__name__} to {dest}{where}: {detail}")
+        result = dataclasses.replace(outcome.result, path=dest)
+        if quantize is not None:  # the checked float model in tmp becomes the int8 model
+            report = quantize_onnx(tmp, module, calibration, quantize, static_batch=static)
+            result = dataclasses.replace(result, quantization=report)
     logger.info("exported %s", result)
     return result
+
+
+@dataclasses.dataclass
+class _Attempts:
+    """What the exporters did: the first result that passed, or every failure."""
+
+    result: ExportResult | None = None
+    failures: list[str] = dataclasses.field(default_factory=list)
+    mismatch: EquivalenceError | None = None
+    messages: list[str] = dataclasses.field(default_factory=list)  # in full, to find the op
+
+
+def _try_exporters(exportable, module, inputs, tmp, order, opset, dynamic_batch, rtol, names):
+    """Each exporter in ``order`` on ``exportable`` until a file passes the check against
+    ``module``."""
+    attempts = _Attempts()
+    failures = attempts.failures
+    for name in order:
+        start = time.perf_counter()
+        try:
+            _EXPORT[name](exportable, inputs, tmp, opset, dynamic_batch, names)
+        except Exception as exc:  # an exporter's failure is reported, then the next tried
+            failures.append(f"{name}: {first_line(exc, 300)}")
+            attempts.messages.append(strip_ansi(str(exc)))
+            logger.info("%s exporter failed: %s", name, first_line(exc, 300))
+            continue
+        export_seconds = time.perf_counter() - start
+        try:
+            checked = check_onnx(tmp, module, inputs, dynamic_batch=dynamic_batch, rtol=rtol)
+        except EquivalenceError as exc:
+            attempts.mismatch = exc
+            failures.append(f"{name}: {exc}")
+            logger.info("%s exporter wrote a mismatching model: %s", name, exc)
+            continue
+        except SlimfxError as exc:
+            failures.append(f"{name}: {exc}")
+            logger.info("%s exporter wrote an invalid model: %s", name, exc)
+            continue
+        error, batch, check_seconds, opset_used = checked
+        attempts.result = ExportResult(
+            path=tmp,
+            exporter=name,
+            export_seconds=export_seconds,
+            check_seconds=check_seconds,
+            max_relative_error=error,
+            checked_batch_size=batch,
+            opset=opset_used,
+            dynamic_batch=dynamic_batch,
+        )
+        return attempts
+    return attempts
+
+
+def lowered_for_export(module, inputs, *, trace_modules: bool) -> torch.nn.Module:
+    """``module`` with the ops exporters refuse lowered (:mod:`slimfx.passes.lower`); a
+    plain module is traced for it only with ``trace_modules``. ``module`` itself when
+    nothing needs lowering or it cannot be traced."""
+    from slimfx.passes.lower import lower_for_export
+
+    if isinstance(module, torch.fx.GraphModule) and _has_shapes(module):
+        return lower_for_export(module)
+    if not trace_modules:
+        return module
+    from slimfx.passes.trace import trace
+
+    try:
+        gm = trace(module, inputs)
+    except SlimfxError:
+        return module
+    lowered = lower_for_export(gm)
+    return module if lowered is gm else lowered
+
+
+def _has_shapes(gm: torch.fx.GraphModule) -> bool:
+    return any("tensor_meta" in node.meta for node in gm.graph.nodes)
+
+
+def _culprit(module, inputs, detail: str) -> str | None:
+    """The traced node of the op the exporters' messages name (``node 'x' (op)``)."""
+    from slimfx.passes.trace import trace
+
+    named = [m.lower() for m in re.findall(r"(?:operator |aten::|aten\.)(\w+)", detail)]
+    if not named:
+        return None
+    try:
+        gm = module if isinstance(module, torch.fx.GraphModule) else trace(module, inputs)
+    except Exception:  # naming the node is a courtesy; the exporters' message stands
+        return None
+    ops = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_function":
+            ops.setdefault(getattr(node.target, "__name__", str(node.target)).lower(), node)
+        elif node.op == "call_method":
+            ops.setdefault(str(node.target).lower(), node)
+    for op in named:  # the op itself, else its variant (adaptive_max_pool2d_with_indices)
+        for name, node in sorted(ops.items(), key=lambda item: item[0] != op):
+            if name == op or name.startswith(op + "_"):
+                return f"node {node.name!r} ({name})"
+    return None
 
 
 def _exporter_order(exporter: str) -> tuple[str, ...]:

@@ -16,7 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from slimfx.targets import canonical_backend
+
 GROUP_SCORES = ("mean", "sum", "max")
+#: ``percent`` when neither it nor a latency target is given.
+DEFAULT_PERCENT = 0.5
 
 
 class Mode(str, enum.Enum):
@@ -49,7 +53,22 @@ class SlimOptions:
     Attributes
     ----------
     percent : float
-        Fraction of prunable channels to remove, in ``[0, 1)``.
+        Fraction of prunable channels to remove, in ``[0, 1)`` (0.5 when neither it nor a
+        latency target is given).
+    speedup : float, optional
+        Instead of ``percent``: prune until the model is predicted to run this many times
+        faster on ``backend`` (:mod:`slimfx.latency`), keeping the most |gamma| mass.
+    latency_ms : float, optional
+        Instead of ``percent``: prune until the model is predicted to run within this many
+        milliseconds per batch on ``backend``. ``percent``, ``speedup`` and ``latency_ms``
+        are exclusive; :meth:`replace` with one of them drops the others.
+    backend : str
+        Where a latency target is measured: a name of :data:`slimfx.bench.backends.BACKENDS`
+        (``"ort-cpu"``, ``"torch-cpu"``, ``"ort-cuda"`` …).
+    batch : int, optional
+        Batch size of a latency target (default: the example inputs').
+    threads : int, optional
+        Intra-op threads of a latency target (the runtime's default when ``None``).
     min_channels : int
         No layer keeps fewer channels (or all it has, if fewer).
     round_to : int
@@ -87,7 +106,7 @@ class SlimOptions:
     False
     """
 
-    percent: float = 0.5
+    percent: float | None = None
     min_channels: int = 1
     round_to: int = 1
     compensate: bool = True
@@ -97,9 +116,17 @@ class SlimOptions:
     leaf_modules: tuple[str, ...] = ()
     leaf_types: tuple[type, ...] = ()
     keep_forward: bool = False
+    speedup: float | None = None
+    latency_ms: float | None = None
+    backend: str = "ort-cpu"
+    batch: int | None = None
+    threads: int | None = None
 
     def __post_init__(self) -> None:
-        percent = self.percent
+        self._check_latency_target()
+        if self.percent is None and not self.latency_target:
+            object.__setattr__(self, "percent", DEFAULT_PERCENT)
+        percent = DEFAULT_PERCENT if self.percent is None else self.percent
         if isinstance(percent, bool) or not isinstance(percent, int | float | np.floating):
             raise ValueError(f"percent must be a number in [0, 1), got {percent!r}")
         if math.isnan(percent) or not 0 <= percent < 1:
@@ -124,7 +151,8 @@ class SlimOptions:
         object.__setattr__(self, "leaf_types", types)
         if self.group_score not in GROUP_SCORES:
             raise ValueError(f"group_score must be one of {GROUP_SCORES}, got {self.group_score!r}")
-        object.__setattr__(self, "percent", float(percent))
+        if self.percent is not None:
+            object.__setattr__(self, "percent", float(percent))
         object.__setattr__(self, "min_channels", int(self.min_channels))
         object.__setattr__(self, "round_to", int(self.round_to))
         object.__setattr__(self, "compensate", bool(self.compensate))
@@ -132,8 +160,47 @@ class SlimOptions:
         object.__setattr__(self, "verify", bool(self.verify))
         object.__setattr__(self, "keep_forward", bool(self.keep_forward))
 
+    @property
+    def latency_target(self) -> bool:
+        """Whether the widths are planned for latency (``speedup`` or ``latency_ms``)."""
+        return self.speedup is not None or self.latency_ms is not None
+
+    def _check_latency_target(self) -> None:
+        for name in ("speedup", "latency_ms"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            if not math.isfinite(value) or value <= (1 if name == "speedup" else 0):
+                bound = "greater than 1" if name == "speedup" else "positive"
+                raise ValueError(f"{name} must be {bound}, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if self.speedup is not None and self.latency_ms is not None:
+            raise ValueError("speedup and latency_ms are exclusive: give one of them")
+        if self.latency_target and self.percent is not None:
+            raise ValueError(
+                "percent and a latency target (speedup, latency_ms) are exclusive: give one"
+            )
+        object.__setattr__(self, "backend", canonical_backend(self.backend))
+        for name in ("batch", "threads"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            object.__setattr__(self, name, int(value))
+
     def replace(self, **changes: Any) -> SlimOptions:
-        """A copy with some settings changed (validated like a new one)."""
+        """A copy with some settings changed (validated like a new one).
+
+        ``percent``, ``speedup`` and ``latency_ms`` are one choice: setting one of them
+        drops the others.
+        """
+        objectives = ("percent", "speedup", "latency_ms")
+        chosen = [k for k in objectives if changes.get(k) is not None]
+        if len(chosen) == 1:
+            changes = {**{k: None for k in objectives}, **changes}
         return dataclasses.replace(self, **changes)
 
     @classmethod

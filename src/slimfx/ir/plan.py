@@ -80,6 +80,10 @@ class SlimPlan:
         Fallbacks and limits the plan ran into, for the report.
     frozen : dict
         Group name → why a BatchNorm-governed group cannot be pruned exactly.
+    latency : dict or None
+        For a plan made to a latency target (:mod:`slimfx.latency.planning`): the target,
+        the budget, the predicted latency of the whole model and of every layer, and the
+        measured latency of the slim and the original model.
     """
 
     groups: dict[str, GroupPlan]
@@ -89,6 +93,7 @@ class SlimPlan:
     threshold: float = float("nan")
     notes: list[str] = field(default_factory=list)
     frozen: dict[str, str] = field(default_factory=dict)
+    latency: dict | None = None
 
     @property
     def percent(self) -> float:
@@ -179,4 +184,15 @@ class SlimPlan:
 
 
 #: The settings a plan's JSON holds beside its groups.
-_PLAN_SETTINGS = ("percent", "min_channels", "round_to", "compensate", "group_score")
+_PLAN_SETTINGS = (
+    "percent",
+    "min_channels",
+    "round_to",
+    "compensate",
+    "group_score",
+    "speedup",
+    "latency_ms",
+    "backend",
+    "batch",
+    "threads",
+)

@@ -101,6 +101,45 @@ class ResumePoint:
     rng_restored: bool
 
 
+def check_training_checkpoint(
+    ckpt: dict[str, Any], path: str | Path, model: nn.Module | None = None
+) -> None:
+    """Everything :func:`restore_checkpoint` checks, changing nothing: that ``ckpt`` is a
+    training checkpoint, its counts, numbers and random state, and — given the ``model``
+    it resumes (its weights already loaded or not) — that its optimizer and learning-rate
+    schedule fit. Run it before any work, so a file that cannot resume fails first.
+
+    Raises
+    ------
+    CheckpointError
+        Not a training checkpoint, or one of its entries is invalid.
+    """
+    missing = [k for k in ("epoch", "optimizer") if k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a training checkpoint (no {' or '.join(map(repr, missing))}); "
+            "to start training from its weights use --refine"
+        )
+    _count(ckpt, "epoch", path)
+    _count(ckpt, "step", path)
+    _numbers(ckpt, path)
+    rng = ckpt.get("rng")
+    if isinstance(rng, dict) and "torch" in rng:
+        current = torch.get_rng_state()
+        try:
+            torch.set_rng_state(rng["torch"])
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: its 'rng' state is invalid ({exc})") from exc
+        finally:
+            torch.set_rng_state(current)
+    if model is not None:  # on a scratch optimizer and schedule: the model is not touched
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        _load_optimizer(optimizer, ckpt["optimizer"], str(path))
+        if "lr_scheduler" in ckpt:
+            scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[1])
+            _check_scheduler(scheduler, ckpt["lr_scheduler"], str(path))
+
+
 def restore_checkpoint(
     path: str | Path,
     *,
@@ -117,23 +156,13 @@ def restore_checkpoint(
         The file is unreadable, does not fit the model, or is not a training checkpoint.
     """
     ckpt = load_checkpoint(path)
+    check_training_checkpoint(ckpt, path)
     load_into(model, ckpt["state_dict"], str(path))
-    missing = [k for k in ("epoch", "optimizer") if k not in ckpt]
-    if missing:
-        raise CheckpointError(
-            f"{path} is not a training checkpoint (no {' or '.join(map(repr, missing))}); "
-            "to start training from its weights use --refine"
-        )
-    try:
-        optimizer.load_state_dict(ckpt["optimizer"])
-    except (ValueError, KeyError, TypeError, RuntimeError, AttributeError, IndexError) as exc:
-        raise CheckpointError(
-            f"{path}: its optimizer state does not fit this model ({exc})"
-        ) from exc
-    _check_optimizer_state(optimizer, str(path))
+    _load_optimizer(optimizer, ckpt["optimizer"], str(path))
     epoch = _count(ckpt, "epoch", path)
     if "lr_scheduler" in ckpt:
-        _load_scheduler(scheduler, ckpt["lr_scheduler"], str(path))
+        _check_scheduler(scheduler, ckpt["lr_scheduler"], str(path))
+        scheduler.load_state_dict(ckpt["lr_scheduler"])
     else:  # the reference code's checkpoints: the optimizer holds the decayed lr already
         scheduler.last_epoch = epoch
         scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
@@ -143,13 +172,7 @@ def restore_checkpoint(
             set_rng_state(ckpt["rng"], device)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{path}: its 'rng' state is invalid ({exc})") from exc
-    best = ckpt.get("best_prec1", 0.0)
-    sparsity = ckpt.get("sparsity")
-    try:
-        best = float(best) if best is not None else 0.0
-        sparsity = None if sparsity is None else float(sparsity)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: 'best_prec1' or 'sparsity' is not a number") from exc
+    best, sparsity = _numbers(ckpt, path)
     return ResumePoint(
         epoch=epoch,
         step=_count(ckpt, "step", path),
@@ -157,6 +180,28 @@ def restore_checkpoint(
         sparsity=sparsity,
         rng_restored=has_rng,
     )
+
+
+def _numbers(ckpt: dict[str, Any], path) -> tuple[float, float | None]:
+    """``best_prec1`` (0 when absent) and ``sparsity`` (``None`` when absent) as floats."""
+    best = ckpt.get("best_prec1", 0.0)
+    sparsity = ckpt.get("sparsity")
+    try:
+        best = float(best) if best is not None else 0.0
+        sparsity = None if sparsity is None else float(sparsity)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: 'best_prec1' or 'sparsity' is not a number") from exc
+    return best, sparsity
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, state: Any, source: str) -> None:
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError, TypeError, RuntimeError, AttributeError, IndexError) as exc:
+        raise CheckpointError(
+            f"{source}: its optimizer state does not fit this model ({exc})"
+        ) from exc
+    _check_optimizer_state(optimizer, source)
 
 
 def _count(ckpt: dict[str, Any], key: str, path) -> int:
@@ -187,8 +232,8 @@ def _check_optimizer_state(optimizer: torch.optim.Optimizer, source: str) -> Non
                     )
 
 
-def _load_scheduler(scheduler: Any, state: Any, source: str) -> None:
-    """``scheduler.load_state_dict(state)`` for the entries and types the scheduler has.
+def _check_scheduler(scheduler: Any, state: Any, source: str) -> None:
+    """``state`` has only the entries, of the types, that ``scheduler``'s state has.
 
     Schedulers load by updating their ``__dict__``, so unchecked entries could replace any
     attribute.
@@ -208,4 +253,3 @@ def _load_scheduler(scheduler: Any, state: Any, source: str) -> None:
                 f"{source}: 'lr_scheduler' entry {key!r} is a {type(value).__name__}, "
                 f"expected a {type(expected).__name__}"
             )
-    scheduler.load_state_dict(state)

@@ -188,6 +188,7 @@ class _Demo:
                 save_dir=self.out / f"prune-{mode}",
                 compensate=compensate,
                 example_inputs=self.example,
+                progress=True,
             )
             self.result.accuracy[f"pruned ({mode})"] = outcome.slim_accuracy
             self.result.cfg[mode] = outcome.result.cfg
@@ -241,7 +242,7 @@ class _Demo:
             rounds=self.config.bench_rounds,
             warmup=2,
             threads=torch.get_num_threads(),  # onnxruntime would count the machine's cores
-            progress=self.config.progress,
+            progress=True,  # a bar on a terminal, a line every 10 s into a file
             warn_noise=False,
         )
         try:
@@ -255,3 +256,7 @@ class _Demo:
         for m in report.measurements:
             if m.model in rows:
                 rows[m.model].latency_ms[f"{m.backend} b{m.batch}"] = m.stats.median_ms
+        for r in report.rows:
+            if r.model in rows:
+                rows[r.model].speedup[f"{r.backend} b{r.batch}"] = r.speedup
+                rows[r.model].noisy[f"{r.backend} b{r.batch}"] = r.noisy

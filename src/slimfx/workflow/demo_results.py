@@ -30,6 +30,11 @@ class DemoRow:
         Parameters and conv+linear MACs per sample.
     latency_ms : dict
         ``"<backend> b<batch>"`` → median latency in milliseconds (empty when not timed).
+    speedup : dict
+        The same keys → speedup over the unpruned model (median of per-round ratios).
+    noisy : dict
+        The same keys → True where the latency spread exceeds the difference to the
+        unpruned model: the speedup is within noise.
     """
 
     step: str
@@ -38,6 +43,17 @@ class DemoRow:
     params: int
     macs: int
     latency_ms: dict[str, float] = field(default_factory=dict)
+    speedup: dict[str, float] = field(default_factory=dict)
+    noisy: dict[str, bool] = field(default_factory=dict)
+
+    def latency_cell(self, key: str) -> str:
+        """``"12.34 (1.95x)"``, flagged ``⚠`` when within noise; ``-`` when not timed."""
+        if key not in self.latency_ms:
+            return "-"
+        cell = f"{self.latency_ms[key]:.2f}"
+        if key in self.speedup:
+            cell += f" ({self.speedup[key]:.2f}×)"
+        return cell + (" ⚠" if self.noisy.get(key) else "")
 
 
 @dataclass
@@ -71,7 +87,7 @@ class DemoResult:
         """The results table."""
         batches = sorted({k for row in self.rows for k in row.latency_ms}, key=_batch_key)
         head = ["step", "compensation", "test accuracy", "params", "MACs"]
-        head += [f"latency {k} (ms)" for k in batches]
+        head += [f"latency {k} (ms, speedup)" for k in batches]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in self.rows:
             cells = [
@@ -81,8 +97,14 @@ class DemoResult:
                 f"{r.params:,}",
                 f"{r.macs:,}",
             ]
-            cells += [f"{r.latency_ms[k]:.2f}" if k in r.latency_ms else "-" for k in batches]
+            cells += [r.latency_cell(k) for k in batches]
             lines.append("| " + " | ".join(cells) + " |")
+        if any(any(r.noisy.values()) for r in self.rows):
+            lines += [
+                "",
+                "⚠ within noise: the latency spread (max − min over the rounds) exceeds the "
+                "difference to the unpruned model (latency.md has the spreads).",
+            ]
         return "\n".join(lines)
 
     def to_json(self) -> str:

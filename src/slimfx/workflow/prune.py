@@ -28,11 +28,12 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from slimfx.api import SlimResult, slim
-from slimfx.checkpoint import check_shapes, load_checkpoint, load_into
+from slimfx.checkpoint import load_checkpoint, load_into, mismatch_summary, shape_mismatches
 from slimfx.errors import CheckpointError
 from slimfx.files import ensure_output_dir
 from slimfx.ir.options import SlimOptions
-from slimfx.models import MODEL_BUILDERS, build_model
+from slimfx.models import MODEL_BUILDERS, MODEL_DEPTHS, build_model
+from slimfx.models.vgg import NUM_CLASSES
 from slimfx.train.evaluation import evaluate
 from slimfx.workflow.prune_files import write_prune_files
 
@@ -74,7 +75,9 @@ def load_trained_model(
     """Build the model a checkpoint was trained as and load its weights.
 
     Reads the reference code's training checkpoints, slimfx's, ``pruned.pth`` files (the
-    model is built from their ``cfg``) and plain state dicts, with ``weights_only=True``.
+    model is built from their ``cfg``) and plain state dicts, with ``weights_only=True``;
+    and, without any pickle, ``pruned.safetensors`` / ``pruned.json`` pairs
+    (:func:`slimfx.workflow.prune_files.read_pruned`).
 
     Returns
     -------
@@ -87,7 +90,12 @@ def load_trained_model(
         weights, weights that do not fit (for example the wrong ``--depth``; the keys and
         shapes are named), or NaN/infinite weights.
     """
-    ckpt = load_checkpoint(path)
+    if Path(path).suffix in (".safetensors", ".json"):
+        from slimfx.workflow.prune_files import read_pruned
+
+        ckpt = read_pruned(path)
+    else:
+        ckpt = load_checkpoint(path)
     model = model_for_checkpoint(ckpt, str(path), arch=arch, depth=depth, dataset=dataset)
     load_into(model, ckpt["state_dict"], str(path))
     return model, ckpt
@@ -101,23 +109,31 @@ def model_for_checkpoint(
     Built from the checkpoint's ``cfg`` when it has one, else from ``arch``/``depth``. The
     model is first built on the ``meta`` device, which allocates nothing, and compared with
     the state dict key by key, so a cfg that disagrees with its weights — or asks for an
-    enormous model — is reported before any memory is spent on it.
+    enormous model — is reported before any memory is spent on it. When the weights do not
+    fit, the models of the other ``--arch``/``--depth``/``--dataset`` are tried the same way
+    and the error says which one the file is (``use --depth 11``).
 
     Raises
     ------
     CheckpointError
-        The cfg builds no model, or the state dict does not fit the model (keys and shapes
-        named).
+        The cfg builds no model, or the state dict does not fit the model (the first key of
+        each kind named, and the flags that fit the file when some do).
     ValueError
         Unknown ``arch``; invalid ``depth``/``dataset`` for a file without a cfg.
     """
     if arch not in MODEL_BUILDERS:
         raise ValueError(f"--arch must be one of {', '.join(sorted(MODEL_BUILDERS))}, got {arch!r}")
     cfg = ckpt.get("cfg")
+    state = ckpt["state_dict"]
+    asked = (arch, depth, dataset)
     if cfg is None:
-        with torch.device("meta"):
-            shell = build_model(arch, depth, dataset)
-        check_shapes(shell, ckpt["state_dict"], source)
+        try:
+            with torch.device("meta"):
+                shell = build_model(arch, depth, dataset)
+        except ValueError as exc:  # e.g. --depth 12: say which depth the file has
+            match = _identify(state, None, asked)
+            raise ValueError(f"{exc}; {_advice(match)}" if match else str(exc)) from exc
+        _check_fits(shell, state, source, None, asked, f"{type(shell).__name__}-{depth}")
         return build_model(arch, depth, dataset)
     if not isinstance(cfg, list):
         raise CheckpointError(f"{source}: 'cfg' is a {type(cfg).__name__}, not a list")
@@ -126,16 +142,107 @@ def model_for_checkpoint(
             shell = build_model(arch, depth, dataset, cfg=cfg)
     except Exception as exc:  # the cfg comes from the file: whatever it breaks is its fault
         text = " ".join(str(exc).split())[:300] or type(exc).__name__
+        match = _identify(state, cfg, asked)
         raise CheckpointError(
             f"{source}: its cfg does not build a {arch} model ({text}); wrong --arch or --depth?"
+            + (f" {_advice(match, capital=True)}" if match else "")
         ) from exc
-    check_shapes(
-        shell,
-        ckpt["state_dict"],
-        source,
-        hint="the file's cfg and its state_dict disagree, or wrong --arch/--dataset",
-    )
+    _check_fits(shell, state, source, cfg, asked, type(shell).__name__)
     return build_model(arch, depth, dataset, cfg=cfg)
+
+
+def _check_fits(shell, state, source: str, cfg, asked: tuple, name: str) -> None:
+    """Raise :class:`CheckpointError` when ``state`` does not fit ``shell``: which model
+    the file is when one fits, and the first mismatch of each kind."""
+    found = shape_mismatches(shell, state)
+    if not found:
+        return
+    match = _identify(state, cfg, asked)
+    if match:
+        wrong = "/".join(match[1])
+        raise CheckpointError(
+            f"{source} does not fit {name}: wrong {wrong}: {_advice(match)} "
+            f"({mismatch_summary(found)})"
+        )
+    hint = (
+        "wrong --arch/--depth/--dataset, or a pruned model without its cfg?"
+        if cfg is None
+        else "the file's cfg and its state_dict disagree, or wrong --arch/--dataset"
+    )
+    raise CheckpointError(f"{source} does not fit {name}: {mismatch_summary(found)} ({hint})")
+
+
+#: Architectures whose depth follows from their block count: the key prefix of the first
+#: stage's blocks, and depth as a function of their number.
+BLOCK_DEPTHS = {
+    "resnet": ("layer1.", lambda n: 9 * n + 2),
+    "densenet": ("dense1.", lambda n: 3 * n + 4),
+}
+
+
+def _identify(
+    state: dict[str, torch.Tensor], cfg: list | None, asked: tuple[str, int, str]
+) -> tuple[str, dict[str, Any]] | None:
+    """Which of the known models (:data:`slimfx.models.MODEL_BUILDERS`) ``state`` fits:
+    ``("VGG-11", {"--depth": 11})`` (a label, and the flags that differ from ``asked``), or
+    ``None`` when none does.
+
+    Each candidate is built on the ``meta`` device (nothing allocated) with ``cfg``, its
+    depths are the listed ones or, for architectures with a depth rule, the one its block
+    count gives, and the asked ``(arch, depth, dataset)`` are tried first.
+    """
+    arch, depth, dataset = asked
+    archs = [arch, *(a for a in MODEL_BUILDERS if a != arch)]
+    datasets = [dataset, *(d for d in NUM_CLASSES if d != dataset)]
+    for a in archs:
+        for d in _candidate_depths(a, state, cfg, depth if a == arch else None):
+            for ds in datasets:
+                try:
+                    with torch.device("meta"):
+                        shell = build_model(a, d, ds, cfg=cfg)
+                except Exception:  # this candidate cannot even be built from the file's cfg
+                    continue
+                if not shape_mismatches(shell, state):
+                    match = _match(type(shell).__name__, (a, d, ds), asked, cfg)
+                    return match if match[1] else None
+    return None
+
+
+def _candidate_depths(arch: str, state, cfg: list | None, asked: int | None) -> list[int]:
+    if arch in BLOCK_DEPTHS:
+        prefix, rule = BLOCK_DEPTHS[arch]
+        blocks = {k[len(prefix) :].split(".")[0] for k in state if k.startswith(prefix)}
+        n = len(blocks) if all(b.isdigit() for b in blocks) else 0
+        return [rule(n)] if 0 < n <= 200 else []
+    if cfg is not None:  # the depth of a model built from a cfg is its cfg's
+        return [asked if asked is not None else 0]
+    listed = MODEL_DEPTHS.get(arch)
+    depths = list(listed) if isinstance(listed, tuple) else []
+    return sorted(depths, key=lambda d: d != asked)
+
+
+def _match(name: str, found: tuple, asked: tuple, cfg: list | None) -> tuple[str, dict]:
+    (arch, depth, dataset), (want_arch, want_depth, want_dataset) = found, asked
+    depth_matters = cfg is None or arch in BLOCK_DEPTHS
+    flags = {}
+    if arch != want_arch:
+        flags["--arch"] = arch
+    if depth_matters and depth != want_depth:
+        flags["--depth"] = depth
+    if NUM_CLASSES[dataset] != NUM_CLASSES.get(want_dataset):
+        flags["--dataset"] = dataset
+    label = ("pruned " if cfg is not None else "") + name + (f"-{depth}" if depth_matters else "")
+    label += " checkpoint" + (
+        f" with {NUM_CLASSES[dataset]} classes" if "--dataset" in flags else ""
+    )
+    return label, flags
+
+
+def _advice(match: tuple[str, dict], capital: bool = False) -> str:
+    """``"the file is a VGG-11 checkpoint: use --depth 11"``."""
+    label, flags = match
+    use = " ".join(f"{flag} {value}" for flag, value in flags.items())
+    return f"{'T' if capital else 't'}he file is a {label}: use {use}"
 
 
 def resolve_round_to(
@@ -164,6 +271,8 @@ def prune_model(
     example_inputs: Any = None,
     test_original: bool = False,
     plots: bool = True,
+    latency_cache: str | os.PathLike | None = None,
+    progress: bool = False,
     **settings: Any,
 ) -> PruneOutcome:
     """Slim a trained model, test it, and write the reference code's files.
@@ -186,6 +295,13 @@ def prune_model(
         Batch size and device of the tests.
     example_inputs : tensor, optional
         Defaults to two images of ``test_set`` (or random 3x32x32 inputs).
+    plots : bool
+        Write ``gammas.png`` and ``channels.png``.
+    latency_cache : path, optional
+        With a latency target (``speedup``, ``latency_ms``): where measured layer
+        latencies are cached (default ``$SLIMFX_CACHE_DIR`` or ``~/.cache/slimfx``).
+    progress : bool
+        Show the slimming's passes as they run (see :func:`slimfx.slim`).
     **settings
         Single settings of :class:`slimfx.SlimOptions` by name (``percent=0.5``,
         ``compensate=False`` …), overriding ``options``.
@@ -206,7 +322,13 @@ def prune_model(
     chosen = resolve_round_to(
         options.round_to if round_to is None else round_to, source, example_inputs, options
     )
-    result = slim(source, example_inputs, options=options.replace(round_to=chosen))
+    result = slim(
+        source,
+        example_inputs,
+        options=options.replace(round_to=chosen),
+        latency_cache=latency_cache,
+        progress=progress,
+    )
     result.module.eval()
     result.reference.eval()
     outcome = PruneOutcome(result=result, round_to=chosen)

@@ -3,6 +3,9 @@
 - ``prune.txt``: configuration, number of parameters, test accuracy, then slimfx's details;
 - ``pruned.pth``: ``{'cfg', 'state_dict'}`` — ``vgg(cfg=cfg).load_state_dict(sd, strict=True)``;
 - ``prune.json``: the full :class:`slimfx.SlimReport`, accuracies and kept channels;
+- ``pruned.safetensors`` and ``pruned.json``: the weights of ``pruned.pth`` without pickle
+  (safetensors), and beside them the cfg and the plan as JSON — for tools that refuse
+  pickles; :func:`read_pruned` reads the pair back;
 - ``gammas.png`` and ``channels.png`` (see :mod:`slimfx.workflow.plots`).
 """
 
@@ -10,10 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch.nn as nn
+from safetensors.torch import load_file, save_file
 
 from slimfx.files import OutputSet
 from slimfx.workflow.plots import plot_channels_kept, plot_gamma_distribution
@@ -56,6 +61,37 @@ def prune_text(outcome: PruneOutcome) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: ``format`` of ``pruned.json``.
+PRUNED_JSON_FORMAT = "slimfx-pruned/1"
+
+
+def read_pruned(path: str | os.PathLike) -> dict[str, Any]:
+    """``{'cfg', 'state_dict', 'plan'}`` from ``pruned.json`` or ``pruned.safetensors``
+    (either of the pair: the other is found beside it) — no pickle is read.
+
+    Raises
+    ------
+    CheckpointError
+        The files are missing, unreadable or not a slimfx pair.
+    """
+    from slimfx.errors import CheckpointError
+
+    path = Path(path)
+    meta_path = path if path.suffix == ".json" else path.with_suffix(".json")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{meta_path}: cannot read the cfg and plan ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != PRUNED_JSON_FORMAT:
+        raise CheckpointError(f"{meta_path} is not a slimfx pruned.json")
+    weights = meta_path.with_name(str(meta.get("weights", "")))
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"{weights}: not readable safetensors weights ({exc})") from exc
+    return {"cfg": meta.get("cfg"), "state_dict": state, "plan": meta.get("plan")}
+
+
 def write_prune_files(
     outcome: PruneOutcome, model: nn.Module, folder: Path, plots: bool = True
 ) -> dict[str, Path]:
@@ -68,7 +104,8 @@ def write_prune_files(
     another pruning.
     """
     res = outcome.result
-    files = {name: folder / name for name in ("prune.txt", "pruned.pth", "prune.json")}
+    names = ("prune.txt", "pruned.pth", "prune.json", "pruned.safetensors", "pruned.json")
+    files = {name: folder / name for name in names}
     plot_files = {name: folder / name for name in ("gammas.png", "channels.png")}
     state = {k: v.detach().cpu().clone() for k, v in res.module.state_dict().items()}
     summary = {
@@ -83,6 +120,14 @@ def write_prune_files(
         out.write_text(files["prune.txt"], prune_text(outcome))
         out.save_torch({"cfg": res.cfg, "state_dict": state}, files["pruned.pth"])
         out.write_text(files["prune.json"], json.dumps(summary, indent=1) + "\n")
+        save_file(state, out.path(files["pruned.safetensors"], suffix=".tmp.safetensors"))
+        pruned_json = {
+            "format": PRUNED_JSON_FORMAT,
+            "weights": files["pruned.safetensors"].name,
+            "cfg": res.cfg,
+            "plan": json.loads(res.plan.to_json()),
+        }
+        out.write_text(files["pruned.json"], json.dumps(pruned_json, indent=1) + "\n")
         if plots:
             threshold = res.report.threshold
             plot_gamma_distribution(

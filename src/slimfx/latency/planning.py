@@ -1,0 +1,239 @@
+"""Slimming to a latency target: measure, plan, check on the target, refine.
+
+:func:`plan_for_latency` is what :func:`slimfx.slim` runs when ``speedup`` or
+``latency_ms`` is set:
+
+1. The latency table of the model on the target (:func:`slimfx.latency.measure_table`;
+   cached points are not measured again) and the whole model's latency.
+2. Calibration: a model with every prunable group at half width is built and timed against
+   the original in alternating rounds, and the table's rest is fitted to it
+   (:meth:`LatencyTable.calibrated`).
+3. The widths that keep the most |gamma| mass within the budget
+   (:func:`slimfx.passes.latency_plan.choose_widths`), planned (case 7 of
+   :mod:`slimfx.passes.plan`) and rewritten.
+4. The slim model is timed against the original on the target. Measured latencies are
+   those of the same alternating run: the original's table latency divided by the measured
+   speedup, so the drift of a shared machine between runs cancels. When the measured
+   latency misses the budget by more than ``tolerance``, the measurement becomes one more
+   calibration point, what is left of the miss (measured over re-fitted prediction at that
+   plan) corrects the prediction near it, and step 3 runs again (at most ``refine``
+   times); the attempt closest to the budget is kept. Its recorded prediction is the one
+   the plan was made with, before it was measured.
+
+The plan records the target, the prediction per layer and the measurements
+(``SlimPlan.latency``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from slimfx.errors import UnsupportedError
+from slimfx.ir.channel_graph import ChannelGraph
+from slimfx.ir.constant_tables import ConstantTables
+from slimfx.ir.layout import KeepTable
+from slimfx.ir.options import SlimOptions
+from slimfx.ir.plan import SlimPlan
+from slimfx.latency.layers import timed_layers
+from slimfx.latency.table import LatencyTable, Target, measure_table
+from slimfx.numerics import as_input_tuple
+
+logger = logging.getLogger(__name__)
+
+#: A measured latency this close to the budget (relative) needs no refinement.
+DEFAULT_TOLERANCE = 0.05
+
+
+def target_of(options: SlimOptions, example_inputs: Any) -> Target:
+    """The :class:`Target` of ``options`` (its batch defaults to the example inputs')."""
+    batch = options.batch or int(as_input_tuple(example_inputs)[0].shape[0])
+    return Target(options.backend, batch, options.threads)
+
+
+def plan_for_latency(
+    cg: ChannelGraph,
+    options: SlimOptions,
+    example_inputs: Any,
+    *,
+    constants: ConstantTables | None = None,
+    table: LatencyTable | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    refine: int = 2,
+    tolerance: float = DEFAULT_TOLERANCE,
+    rounds: int = 7,
+    progress: bool = True,
+) -> tuple[SlimPlan, torch.fx.GraphModule]:
+    """Plan ``cg`` to the latency target of ``options`` (see the module docstring).
+
+    Parameters
+    ----------
+    cg : ChannelGraph
+    options : SlimOptions
+        With ``speedup`` or ``latency_ms`` set.
+    example_inputs : tensor or tuple of tensors
+    constants : ConstantTables, optional
+        As for :func:`slimfx.passes.plan`.
+    table : LatencyTable, optional
+        A table measured before on the same model and target (else measured here).
+    cache_dir : path, optional
+        Where measured probes are cached (:class:`slimfx.latency.ProbeCache`).
+    refine : int
+        At most this many re-plans after measuring the slim model.
+    tolerance : float
+        A measured latency within this relative margin of the budget is accepted.
+    rounds : int
+        Alternating rounds of each whole-model measurement.
+    progress : bool
+
+    Returns
+    -------
+    tuple
+        ``(plan, slim module)``; the module is not verified.
+    """
+    from slimfx.passes.latency_plan import choose_widths
+    from slimfx.passes.plan import cuttable_groups, group_scores, plan
+    from slimfx.passes.rewrite import rewrite
+
+    if not options.latency_target:
+        raise ValueError("options have no latency target (speedup or latency_ms)")
+    if refine < 0 or tolerance < 0:
+        raise ValueError(f"need refine >= 0 and tolerance >= 0, got {refine} and {tolerance}")
+    target = target_of(options, example_inputs)
+    step = options.round_to if options.round_to > 1 else None
+    if table is None:
+        table = measure_table(
+            cg, example_inputs, target, step=step, cache_dir=cache_dir, progress=progress
+        )
+    elif table.target != target:
+        raise ValueError(f"the latency table is of {table.target}, not of {target}")
+    unit = options.round_to if options.round_to > 1 else table.step
+    groups = cuttable_groups(cg, compensate=options.compensate, constants=constants)
+    if not groups:
+        plan(cg, options.replace(percent=0.5), constants=constants)  # raises with the reason
+        raise UnsupportedError("network slimming found no group it can prune")
+    scores = {g.id: group_scores(cg, g, options.group_score) for g in groups}
+    layers = timed_layers(cg)
+    budget = table.model_ms / options.speedup if options.speedup else options.latency_ms
+    percent_free = options.replace(percent=0.5)  # plan() needs a plain option set
+
+    def build(widths):
+        slim_plan = plan(cg, percent_free, constants=constants, widths=widths)
+        return slim_plan, rewrite(cg, slim_plan, constants=constants)
+
+    def measure(module) -> float:
+        speedup = _measured_speedup(cg.gm, module, example_inputs, target, rounds)
+        return table.model_ms / speedup
+
+    half = {g.name: _snap(g.size // 2, unit, g) for g in groups}
+    half_plan, half_module = build(half)
+    points = [table.point(layers, half_plan.keep_table(cg), measure(half_module))]
+    calibrated = table.calibrated(points)
+    attempts = []
+    best = None
+    correction = 1.0  # measured over predicted, at the last plan measured
+    for attempt in range(refine + 1):
+        choice = choose_widths(
+            cg,
+            groups,
+            scores,
+            layers,
+            calibrated,
+            budget / correction,
+            unit=unit,
+            min_channels=options.min_channels,
+        )
+        slim_plan, module = build(choice.widths)
+        keep = slim_plan.keep_table(cg)
+        predicted = calibrated.predict(layers, keep) * correction  # after keep_forward, carriers
+        measured = measure(module)
+        attempts.append({"predicted_ms": predicted, "measured_ms": measured})
+        logger.info(
+            "latency plan %d: predicted %.2f ms, measured %.2f ms, budget %.2f ms",
+            attempt + 1,
+            predicted,
+            measured,
+            budget,
+        )
+        miss = abs(measured / budget - 1)
+        if best is None or miss < best[0]:
+            best = (miss, slim_plan, module, choice, calibrated, predicted, measured)
+        if miss <= tolerance or not choice.reached:
+            break
+        points.append(table.point(layers, keep, measured))
+        calibrated = table.calibrated(points)
+        correction = measured / calibrated.predict(layers, keep)
+    _, slim_plan, module, choice, calibrated, predicted, measured = best
+    if not choice.reached:
+        slim_plan.notes.append(
+            f"the latency budget {budget:.2f} ms is out of reach: the slimmest model the "
+            f"widths allow is predicted at {choice.predicted_ms:.2f} ms"
+        )
+    keep = slim_plan.keep_table(cg)
+    layer_ms = calibrated.layer_ms(layers, keep)
+    full = calibrated.layer_ms(layers, KeepTable({}))
+    record = {
+        "target": dataclasses.asdict(target),
+        "speedup": options.speedup,
+        "latency_ms": options.latency_ms,
+        "budget_ms": budget,
+        "original_ms": table.model_ms,
+        "predicted_ms": predicted,
+        "measured_ms": measured,
+        "measured_speedup": table.model_ms / measured,
+        "kept_mass": choice.kept_mass,
+        "total_mass": choice.total_mass,
+        "step": unit,
+        "rest_fixed_ms": calibrated.rest_fixed_ms,
+        "rest_per_activation": calibrated.rest_per_activation,
+        "correction": predicted / calibrated.predict(layers, keep),
+        "table_seconds": table.seconds,
+        "probes": table.probes,
+        "attempts": attempts,
+        "layers": {
+            layer.node: {
+                "module": layer.module,
+                "widths": list(layer.widths(keep)),
+                "full_widths": [layer.shape.in_channels, layer.shape.out_channels],
+                "original_ms": full[layer.node],
+                "predicted_ms": layer_ms[layer.node],
+            }
+            for layer in layers
+            if layer.node in layer_ms
+        },
+    }
+    slim_plan = dataclasses.replace(slim_plan, options=options, latency=record)
+    return slim_plan, module
+
+
+def _snap(width: int, unit: int, group) -> int:
+    """``width`` rounded up to the group's width unit (at most its size)."""
+    unit = math.lcm(unit, group.blocks)
+    return int(min(group.size, max(unit, -(-width // unit) * unit)))
+
+
+def _measured_speedup(original, slim, example_inputs, target: Target, rounds: int) -> float:
+    from slimfx.bench.latency import measure_latency
+
+    report = measure_latency(
+        {"original": original, "slim": slim},
+        example_inputs,
+        batches=(target.batch,),
+        backends=(target.backend,),
+        threads=target.threads,
+        rounds=rounds,
+        warmup=2,
+        progress=False,
+        warn_noise=False,
+    )
+    rows = [r for r in report.rows if r.model == "slim"]
+    if not rows:
+        reason = next(iter(report.skipped.values()), "it failed")
+        raise UnsupportedError(f"cannot time the slim model on {target.backend}: {reason}")
+    return float(np.median([r.speedup for r in rows]))
