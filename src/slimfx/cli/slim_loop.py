@@ -36,8 +36,9 @@ def add_parser(subparsers) -> None:
         "slim-loop",
         help="prune toward a latency target in several passes, fine-tuning between them",
         description="Prune a trained checkpoint to run --speedup times faster on --backend in "
-        "--passes passes: each pass prunes the current model to speedup**(1/passes) of its "
-        "own latency (measured on the target), fine-tunes it for --epochs (with the L1 "
+        "--passes passes: each pass prunes the current model toward what is still missing "
+        "((speedup / measured so far) ** (1 / passes left) of its own latency, measured on "
+        "the target), fine-tunes it for --epochs (with the L1 "
         "penalty on gammas when -sr) and continues from the best (or last) fine-tuned "
         "model. Writes --save/pass-K/ (prune files and checkpoints), loop.json and loop.md "
         "(the per-pass table). Run the same command again to resume an interrupted loop.",
@@ -173,8 +174,8 @@ def run(args: argparse.Namespace) -> int:
     per_pass = args.speedup ** (1 / n)
     print(
         f"slim-loop: {args.model} to {args.speedup:g}x on {options.backend} (batch "
-        f"{args.batch}) in {n} passes of {per_pass:.3f}x, {args.epochs} fine-tuning epochs "
-        f"each; files in {args.save}",
+        f"{args.batch}) in {n} passes (the first {per_pass:.3f}x), {args.epochs} fine-tuning "
+        f"epochs each; files in {args.save}",
         flush=True,
     )
 
