@@ -42,6 +42,8 @@ def count_macs(gm: fx.GraphModule) -> int:
         FLOPs of :class:`~torch.utils.flop_counter.FlopCounterMode` halved, divided by the
         batch size (see the module docstring for the fallback).
     """
+    if _modules_carry_every_mac(gm):
+        return _module_macs(gm)
     inputs = _meta_inputs(gm)
     if inputs is not None:
         try:
@@ -49,6 +51,35 @@ def count_macs(gm: fx.GraphModule) -> int:
         except Exception as exc:  # an op without a meta kernel, tensors that stay on the CPU
             logger.debug("counting MACs by module: %s", exc)
     return _module_macs(gm)
+
+
+def _modules_carry_every_mac(gm: fx.GraphModule) -> bool:
+    """Whether every multiply-accumulate of ``gm`` is in a (non-transposed) convolution or
+    linear module, so the module count equals the FLOP counter's.
+
+    The shortcut exists for speed: the FLOP counter costs about 13 ms per call on a tiny
+    VGG against 0.2 ms, and every report counts twice — the property tests slim hundreds
+    of models. Any function, method or other module that may multiply takes the general
+    path.
+    """
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            module = gm.get_submodule(str(node.target))
+            if isinstance(module, nn.modules.conv._ConvTransposeNd):
+                return False
+            if isinstance(module, nn.modules.conv._ConvNd | nn.Linear):
+                continue
+            if any(True for _ in module.parameters()) and not _is_norm(module):
+                return False
+        elif node.op in ("call_function", "call_method"):
+            name = getattr(node.target, "__name__", str(node.target)).lower()
+            if any(w in name for w in ("conv", "linear", "matmul", "mm", "einsum", "attention")):
+                return False
+    return True
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.batchnorm._NormBase | nn.LayerNorm | nn.GroupNorm)
 
 
 def _meta_inputs(gm: fx.GraphModule):
