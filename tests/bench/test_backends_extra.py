@@ -56,9 +56,7 @@ def test_openvino_in_a_process_of_its_own(check):
     pytest.importorskip("openvino")
     code = f"import sys; sys.path.insert(0, {str(HERE)!r}); import openvino_checks; "
     code += f"openvino_checks.{check}()"
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=600
-    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
