@@ -43,7 +43,7 @@ def _setup(tmp_path, monkeypatch, gammas=None):
     return cg, table, groups, scores, timed_layers(cg)
 
 
-def _keep(cg, groups, scores, widths):
+def _keep(cg, widths):
     slim_plan = plan(cg, 0.5, widths=widths)
     return slim_plan, slim_plan.keep_table(cg)
 
@@ -55,7 +55,7 @@ def test_widths_stay_within_the_budget_on_the_step(tmp_path, monkeypatch):
     assert choice.reached and choice.predicted_ms <= full / 2
     by_name = {g.name: g for g in groups}
     assert all(w % 8 == 0 or w == by_name[n].size for n, w in choice.widths.items())
-    slim_plan, keep = _keep(cg, groups, scores, choice.widths)
+    slim_plan, keep = _keep(cg, choice.widths)
     assert table.predict(layers, keep) == pytest.approx(choice.predicted_ms, rel=1e-9)
     # every group keeps its best channels
     for g in groups:
@@ -67,7 +67,7 @@ def test_widths_stay_within_the_budget_on_the_step(tmp_path, monkeypatch):
 def test_more_gamma_mass_than_a_uniform_cut_at_the_same_latency(tmp_path, monkeypatch):
     cg, table, groups, scores, layers = _setup(tmp_path, monkeypatch)
     uniform = {g.name: max(8, g.size // 2 // 8 * 8) for g in groups}
-    _, keep = _keep(cg, groups, scores, uniform)
+    _, keep = _keep(cg, uniform)
     budget = table.predict(layers, keep)
     choice = choose_widths(cg, groups, scores, layers, table, budget, unit=8)
 

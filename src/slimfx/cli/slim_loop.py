@@ -13,8 +13,8 @@ from slimfx.cli.prune import add_channel_arguments, add_target_arguments, speedu
 from slimfx.cli.train import (
     INTERRUPTED,
     add_model_arguments,
+    add_optimizer_arguments,
     nonnegative_float,
-    positive_float,
     positive_int,
 )
 from slimfx.data import load_dataset
@@ -85,30 +85,7 @@ def add_parser(subparsers) -> None:
         default=1e-4,
         help="penalty strength with -sr (default: 1e-4)",
     )
-    p.add_argument(
-        "--lr",
-        type=positive_float,
-        default=DEFAULT_FINETUNE.lr,
-        help=f"fine-tuning learning rate (default: {DEFAULT_FINETUNE.lr:g})",
-    )
-    p.add_argument(
-        "--momentum", type=nonnegative_float, default=0.9, help="SGD momentum (default: 0.9)"
-    )
-    p.add_argument(
-        "--weight-decay",
-        "--wd",
-        type=nonnegative_float,
-        default=1e-4,
-        help="weight decay (default: 1e-4)",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=64,
-        metavar="N",
-        help="fine-tuning batch size (default: 64)",
-    )
-    p.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
+    add_optimizer_arguments(p, lr=DEFAULT_FINETUNE.lr, what="fine-tuning")
     p.add_argument(
         "--workers", type=int, default=0, metavar="N", help="data loading processes (default: 0)"
     )

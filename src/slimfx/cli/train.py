@@ -54,6 +54,34 @@ def positive_float(text: str) -> float:
     return value
 
 
+def add_optimizer_arguments(
+    parser: argparse.ArgumentParser, *, lr: float, what: str, batch_note: str = ""
+) -> None:
+    """``--batch-size``, ``--lr``, ``--momentum``, ``--weight-decay`` and ``--seed`` of a
+    ``what`` ("training", "fine-tuning") run with learning rate ``lr`` by default."""
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=64,
+        metavar="N",
+        help=f"{what} batch size{batch_note} (default: 64)",
+    )
+    parser.add_argument(
+        "--lr", type=positive_float, default=lr, help=f"{what} learning rate (default: {lr:g})"
+    )
+    parser.add_argument(
+        "--momentum", type=nonnegative_float, default=0.9, help="SGD momentum (default: 0.9)"
+    )
+    parser.add_argument(
+        "--weight-decay",
+        "--wd",
+        type=nonnegative_float,
+        default=1e-4,
+        help="weight decay (default: 1e-4)",
+    )
+    parser.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, dataset: str = "cifar10") -> None:
     """``--dataset``, ``--arch``, ``--depth``, ``--data-dir``, ``--download``, ``--no-cuda``."""
     parser.add_argument(
@@ -122,25 +150,7 @@ def add_parser(subparsers) -> None:
         metavar="N",
         help="epochs to train (default: 160)",
     )
-    p.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=64,
-        metavar="N",
-        help="training batch size, per process (default: 64)",
-    )
-    p.add_argument("--lr", type=positive_float, default=0.1, help="learning rate (default: 0.1)")
-    p.add_argument(
-        "--momentum", type=nonnegative_float, default=0.9, help="SGD momentum (default: 0.9)"
-    )
-    p.add_argument(
-        "--weight-decay",
-        "--wd",
-        type=nonnegative_float,
-        default=1e-4,
-        help="weight decay (default: 1e-4)",
-    )
-    p.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
+    add_optimizer_arguments(p, lr=0.1, what="training", batch_note=", per process")
     p.add_argument(
         "--save",
         default="./logs",

@@ -42,7 +42,7 @@ from slimfx.ir.layout import KeepTable
 from slimfx.ir.options import SlimOptions
 from slimfx.ir.plan import SlimPlan
 from slimfx.latency.layers import timed_layers
-from slimfx.latency.table import LatencyTable, Target, measure_table
+from slimfx.latency.table import LatencyTable, Target, measure_table, time_on_target
 from slimfx.numerics import as_input_tuple
 
 logger = logging.getLogger(__name__)
@@ -219,19 +219,7 @@ def _snap(width: int, unit: int, group) -> int:
 
 
 def _measured_speedup(original, slim, example_inputs, target: Target, rounds: int) -> float:
-    from slimfx.bench.latency import measure_latency
-
-    report = measure_latency(
-        {"original": original, "slim": slim},
-        example_inputs,
-        batches=(target.batch,),
-        backends=(target.backend,),
-        threads=target.threads,
-        rounds=rounds,
-        warmup=2,
-        progress=False,
-        warn_noise=False,
-    )
+    report = time_on_target({"original": original, "slim": slim}, example_inputs, target, rounds)
     rows = [r for r in report.rows if r.model == "slim"]
     if not rows:
         reason = next(iter(report.skipped.values()), "it failed")

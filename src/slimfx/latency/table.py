@@ -77,9 +77,12 @@ class Target:
         """What a measurement on this target depends on: the cache's key."""
         info = machine_info(self.threads)
         device = info.get("gpu") if "cuda" in self.backend or "trt" in self.backend else None
-        runtime = {"ort": info.get("onnxruntime"), "ope": info.get("openvino")}.get(
-            self.backend[:3], info["torch"]
-        )
+        if self.backend.startswith("ort"):
+            runtime = info.get("onnxruntime")
+        elif self.backend == "openvino-cpu":
+            runtime = info.get("openvino")
+        else:
+            runtime = info["torch"]
         return {
             "backend": self.backend,
             "device": device or info["cpu"],
@@ -389,19 +392,27 @@ def measure_table(
     )
 
 
-def measure_model_ms(module: torch.nn.Module, example_inputs: Any, target: Target, **kw) -> float:
-    """Median latency of ``module`` on ``target`` (:func:`slimfx.bench.measure_latency`)."""
+def time_on_target(models: Mapping[str, Any], example_inputs: Any, target: Target, rounds: int = 7):
+    """:func:`slimfx.bench.measure_latency` of ``models`` on ``target`` alone (its backend,
+    batch and threads; 2 warm-up calls, no progress bar, noise logged at INFO)."""
     from slimfx.bench.latency import measure_latency
 
-    settings = {"rounds": 7, "warmup": 2, "progress": False, "warn_noise": False, **kw}
-    report = measure_latency(
-        {"model": module},
+    return measure_latency(
+        dict(models),
         example_inputs,
         batches=(target.batch,),
         backends=(target.backend,),
         threads=target.threads,
-        **settings,
+        rounds=rounds,
+        warmup=2,
+        progress=False,
+        warn_noise=False,
     )
+
+
+def measure_model_ms(module: torch.nn.Module, example_inputs: Any, target: Target) -> float:
+    """Median latency of ``module`` on ``target`` (:func:`time_on_target`)."""
+    report = time_on_target({"model": module}, example_inputs, target)
     return report.stats(target.backend, target.batch, "model").median_ms
 
 
