@@ -18,6 +18,17 @@ from slimfx.numerics import eval_mode, relative_error
 from slimfx.tolerances import ONNX_RTOL
 
 
+def export_inputs(inputs: tuple[torch.Tensor, ...], dynamic_batch: bool) -> tuple:
+    """``(inputs, dynamic_shapes)`` for ``torch.export``: with a dynamic batch, dimension 0
+    of every input is ``Dim("batch")`` and a batch of 1 is traced as 2 (torch.export
+    specialises sizes 0 and 1, which would fix the batch); else the inputs and ``None``."""
+    if not dynamic_batch:
+        return inputs, None
+    traced = resize_batch(inputs, 2) if inputs[0].shape[0] < 2 else inputs
+    batch = torch.export.Dim("batch", min=1)
+    return traced, tuple({0: batch} for _ in inputs)
+
+
 def resize_batch(inputs: tuple[torch.Tensor, ...], batch: int, seed: int = 0) -> tuple:
     """Inputs like ``inputs`` with batch size ``batch``: floats drawn N(0, 1), others cycled."""
     generator = torch.Generator().manual_seed(seed)

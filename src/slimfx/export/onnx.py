@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from slimfx.errors import EquivalenceError, SlimfxError, first_line, strip_ansi
-from slimfx.export.check import check_onnx, flatten_outputs, resize_batch
+from slimfx.export.check import check_onnx, export_inputs, flatten_outputs, resize_batch
 from slimfx.export.quantize import (
     QuantizeOptions,
     QuantizeReport,
@@ -368,13 +368,7 @@ def _export_torchscript(module, inputs, path, opset, dynamic_batch, names) -> No
 
 def _export_dynamo(module, inputs, path, opset, dynamic_batch, names) -> None:
     input_names, output_names = names
-    shapes = None
-    if dynamic_batch:
-        # torch.export specialises sizes 0 and 1: trace with a batch of 2 so it stays symbolic.
-        if inputs[0].shape[0] < 2:
-            inputs = resize_batch(inputs, 2)
-        batch = torch.export.Dim("batch", min=1)
-        shapes = tuple({0: batch} for _ in inputs)
+    inputs, shapes = export_inputs(inputs, dynamic_batch)
     log = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(log):
         warnings.simplefilter("ignore")

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from slimfx.errors import EquivalenceError, SlimfxError, strip_ansi
-from slimfx.export.check import flatten_outputs, resize_batch
+from slimfx.export.check import export_inputs, flatten_outputs, resize_batch
 from slimfx.files import atomic_path
 from slimfx.numerics import as_input_tuple, eval_mode, relative_error
 from slimfx.tolerances import FLOAT32_RTOL
@@ -150,13 +150,7 @@ def export_pt2(
     check_inputs_fit(module, inputs, "an example input")  # before any file is touched
     what = f"{type(module).__name__} to {dest}"
     with eval_mode(module), atomic_path(dest, suffix=".tmp.pt2") as tmp:
-        traced, shapes = inputs, None
-        if dynamic_batch:
-            # torch.export specialises sizes 0 and 1: trace with a batch of 2 so it stays symbolic
-            if inputs[0].shape[0] < 2:
-                traced = resize_batch(inputs, 2)
-            batch_dim = torch.export.Dim("batch", min=1)
-            shapes = tuple({0: batch_dim} for _ in inputs)
+        traced, shapes = export_inputs(inputs, dynamic_batch)
         start = time.perf_counter()
         try:
             program = torch.export.export(module, traced, dynamic_shapes=shapes)
