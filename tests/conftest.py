@@ -1,6 +1,7 @@
 """Fixtures shared by every test folder.
 
 - the command line in a subprocess (:func:`run_slimfx`);
+- the Hypothesis profiles (``slimfx``: 100 cases per property, ``thorough``: 1,000);
 - graph-level tests (``ir``, ``rules``, ``passes``, ``api``) run on one thread with a fixed
   seed: their models are tiny, and thread start-up would dominate every op;
 - a tiny CIFAR-shaped VGG with random BatchNorm scales for the export, benchmark and CLI
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from hypothesis import HealthCheck, settings
 from torch.utils.data import Subset
 
 import slimfx
@@ -36,6 +38,14 @@ from slimfx.testing import assert_matches_oracle, write_detection_dataset
 os.environ["YOLO_OFFLINE"] = "1"
 os.environ["YOLO_CONFIG_DIR"] = tempfile.mkdtemp(prefix="slimfx-ultralytics-settings-")
 os.environ["YOLO_VERBOSE"] = "False"
+
+# Property tests: 100 random cases each by default (the suite's time on 2 cores);
+# ``pytest --hypothesis-profile=thorough`` draws 1,000. Tests that set max_examples keep it.
+settings.register_profile(
+    "slimfx", max_examples=100, deadline=None, suppress_health_check=list(HealthCheck)
+)
+settings.register_profile("thorough", settings.get_profile("slimfx"), max_examples=1000)
+settings.load_profile("slimfx")
 
 TESTS = Path(__file__).resolve().parent
 #: Test folders whose tests run single-threaded with ``torch.manual_seed(0)``.
@@ -62,7 +72,18 @@ def slimfx_cli():
 
 
 @pytest.fixture(autouse=True)
-def _graph_tests_single_threaded(request):
+def _torch_threads_left_as_found():
+    """A test that changes PyTorch's thread count fails (and the count is put back, so the
+    tests after it do not run on fewer threads)."""
+    threads = torch.get_num_threads()
+    yield
+    changed = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    assert changed == threads, f"the test left torch with {changed} threads, not {threads}"
+
+
+@pytest.fixture(autouse=True)
+def _graph_tests_single_threaded(request, _torch_threads_left_as_found):
     """One thread and a fixed seed for the tests under :data:`GRAPH_TEST_FOLDERS`."""
     folder = Path(str(request.node.path)).resolve().relative_to(TESTS).parts[0]
     if folder not in GRAPH_TEST_FOLDERS:

@@ -11,6 +11,7 @@ pytest.importorskip("ultralytics", reason="the yolo extra (pip install 'slimfx[y
 import ultralytics
 from ultralytics.nn.modules.block import C2f
 
+from slimfx.bench.timing import torch_threads
 from slimfx.errors import CheckpointError
 from slimfx.integrations.ultralytics import (
     SparsityCallbacks,
@@ -18,6 +19,8 @@ from slimfx.integrations.ultralytics import (
     save_yolo,
     slim_yolo,
     train_yolo,
+    ultralytics_threads_restored,
+    validate_yolo,
 )
 from slimfx.testing import assert_model_unchanged, model_snapshot, randomize_batchnorm
 
@@ -121,6 +124,18 @@ def test_the_sparsity_subgradient_follows_the_loss_scale_and_accumulation():
         SparsityCallbacks(-1)
 
 
+def test_calls_into_ultralytics_leave_torch_threads_as_they_were():
+    from ultralytics.utils import NUM_THREADS
+    from ultralytics.utils.torch_utils import select_device
+
+    threads = NUM_THREADS + 1  # what select_device would not set
+    with torch_threads(threads):
+        with ultralytics_threads_restored():
+            select_device("cpu", verbose=False)
+            assert torch.get_num_threads() == NUM_THREADS  # Ultralytics' own setting
+        assert torch.get_num_threads() == threads
+
+
 def test_sparsity_training_slimming_fine_tuning_validation_and_export(detection_data, train_args):
     """The whole workflow inside Ultralytics, on a dataset of four drawn images."""
     model = stock("yolov8n.yaml")
@@ -147,8 +162,9 @@ def test_sparsity_training_slimming_fine_tuning_validation_and_export(detection_
     tuned = train_yolo(slim.model, detection_data, name="tuned", **train_args)
     shapes = [p.shape for p in slim.model.parameters()]
     assert [p.shape for p in tuned.model.parameters()] == shapes  # not rebuilt from its yaml
-    metrics = tuned.val(
-        data=str(detection_data),
+    metrics = validate_yolo(
+        tuned,
+        detection_data,
         imgsz=64,
         batch=4,
         workers=0,
@@ -158,10 +174,11 @@ def test_sparsity_training_slimming_fine_tuning_validation_and_export(detection_
     )
     assert 0 <= metrics.box.map50 <= 1
     image = next((detection_data.parent / "images" / "val").iterdir())
-    (prediction,) = tuned.predict(str(image), imgsz=64, device="cpu", verbose=False)
+    with ultralytics_threads_restored():
+        (prediction,) = tuned.predict(str(image), imgsz=64, device="cpu", verbose=False)
+        onnx_path = tuned.export(format="onnx", imgsz=64, simplify=False)
     assert prediction.boxes is not None and prediction.orig_shape == (64, 64)
 
-    onnx_path = tuned.export(format="onnx", imgsz=64, simplify=False)
     import onnxruntime
 
     session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])

@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 import slimfx
@@ -152,7 +152,6 @@ def set_gammas(model, cg, masks, rng) -> None:
 
 
 @pytest.mark.slow
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(net=networks(), data=st.data(), seed=st.integers(0, 2**16), compensate=st.booleans())
 def test_random_masks_slim_exactly(net, data, seed, compensate):
     model = randomize(net, seed=seed).eval()

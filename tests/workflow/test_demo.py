@@ -1,7 +1,7 @@
 """Acceptance: ``slimfx demo`` end to end on digits with the reference VGG-11.
 
-The demo's own default schedule (9 sparsity epochs, 2 fine-tuning epochs; about two and a
-half minutes on 2 idle CPU cores), so the numbers it checks are the ones the docs record.
+The demo's own default schedule (6 sparsity epochs, 2 fine-tuning epochs; about two and a
+half minutes on 2 CPU cores), so the numbers it checks are the ones the docs record.
 Criteria, in test-accuracy points on the 450 digits test images: sparsity training >= 95%;
 pruning 50% with compensation loses <= 2 points before fine-tuning; fine-tuning ends within
 1 point of the sparsity-trained model (or above it); at least 2x fewer parameters.

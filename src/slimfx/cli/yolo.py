@@ -159,9 +159,8 @@ def run_prune(args: argparse.Namespace) -> int:
 
 
 def _validate(yolo, model, args) -> float:
-    wrapper = yolo.as_yolo(model)
-    metrics = wrapper.val(
-        data=args.data, imgsz=args.imgsz, device=args.device, plots=False, verbose=False
+    metrics = yolo.validate_yolo(
+        model, args.data, imgsz=args.imgsz, device=args.device, plots=False, verbose=False
     )
     box = getattr(metrics, "box", None)  # detection-type tasks; classification: top-1
     return float(box.map) if box is not None else float(metrics.top1)

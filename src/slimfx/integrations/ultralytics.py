@@ -20,6 +20,11 @@ checkpoints — ``DetectionModel``, ``SegmentationModel``, ``PoseModel``, ``OBBM
 - :func:`train_yolo` runs Ultralytics' trainer on a given model, optionally with the
   network-slimming L1 penalty on the prunable BatchNorms (:class:`SparsityCallbacks`).
 
+Ultralytics sets PyTorch's thread count to one less than the CPUs whenever it picks a
+device (its ``select_device``: one thread on a 2-CPU machine, for the rest of the process);
+the calls this module makes into Ultralytics' trainer and validator (:func:`train_yolo`,
+:func:`validate_yolo`) leave the thread count as they found it.
+
 Ultralytics checkpoints are full pickles: loading one runs code stored in the file.
 :func:`load_yolo` loads one only when told ``trust_pickles=True``. Nothing is downloaded:
 this module puts Ultralytics in offline mode (``YOLO_OFFLINE=1``) unless the environment
@@ -28,12 +33,13 @@ says otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -81,6 +87,8 @@ __all__ = [
     "save_yolo",
     "slim_yolo",
     "train_yolo",
+    "ultralytics_threads_restored",
+    "validate_yolo",
     "yolo_model",
 ]
 
@@ -514,9 +522,44 @@ def train_yolo(
     callbacks = SparsityCallbacks(sparsity, decay=decay) if sparsity > 0 else None
     if callbacks is not None:
         callbacks.register(wrapper)
-    wrapper.train(data=str(data), trainer=TRAINERS[task], **train_args)
+    with ultralytics_threads_restored():
+        wrapper.train(data=str(data), trainer=TRAINERS[task], **train_args)
     wrapper.slimfx_gammas = callbacks.history if callbacks is not None else []
     return wrapper
+
+
+def validate_yolo(model: Any, data: str | os.PathLike, **val_args: Any):
+    """Ultralytics' validation of ``model`` (slim or not) on the dataset yaml ``data``.
+
+    Parameters
+    ----------
+    model : ultralytics.YOLO or its model
+        Not modified: validation runs on a copy.
+    data : str or path
+    **val_args
+        Ultralytics' validation arguments (``imgsz``, ``batch``, ``device``, ``plots`` ...).
+
+    Returns
+    -------
+    Ultralytics' metrics object (``.box.map`` for detection tasks, ``.top1`` for
+    classification).
+    """
+    with ultralytics_threads_restored():
+        return as_yolo(model).val(data=str(data), **val_args)
+
+
+@contextlib.contextmanager
+def ultralytics_threads_restored() -> Iterator[None]:
+    """Run Ultralytics code, then put PyTorch's thread count back as it was.
+
+    Ultralytics' ``select_device`` (called by its trainer, validator, predictor and
+    exporter) sets ``torch.set_num_threads(cpu_count - 1)`` for the rest of the process.
+    """
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _task_of(module: nn.Module) -> str:

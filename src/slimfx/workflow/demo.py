@@ -47,7 +47,7 @@ class DemoConfig:
 
     out_dir: str | os.PathLike = "slimfx-demo"
     depth: int = 11
-    epochs: int = 9
+    epochs: int = 6
     sparsity: float = 0.02
     lr: float = 0.1
     batch_size: int = 64
