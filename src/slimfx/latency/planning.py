@@ -14,22 +14,28 @@
 4. The slim model is timed against the original on the target. Measured latencies are
    those of the same alternating run: the original's table latency divided by the measured
    speedup, so the drift of a shared machine between runs cancels. When the measured
-   latency misses the budget by more than ``tolerance``, the measurement becomes one more
-   calibration point, what is left of the miss (measured over re-fitted prediction at that
-   plan) corrects the prediction near it, and step 3 runs again (at most ``refine``
-   times); the attempt closest to the budget is kept. Its recorded prediction is the one
-   the plan was made with, before it was measured.
+   latency misses the budget by more than ``tolerance``, step 3 runs again (at most
+   ``refine`` times) with another goal for the prediction (:func:`next_goal`: scaled by
+   the miss after one attempt, a secant through the attempts after more), and the attempt
+   closest to the budget is kept. Its recorded prediction is the one the plan was made
+   with (the calibrated prediction scaled by budget over goal), before it was measured.
 
 The plan records the target, the prediction per layer and the measurements
-(``SlimPlan.latency``).
+(``SlimPlan.latency``). On a backend that runs ONNX files the original is exported (and
+checked) once per call, into a temporary folder, and every whole-model timing runs that
+file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,7 +48,13 @@ from slimfx.ir.layout import KeepTable
 from slimfx.ir.options import SlimOptions
 from slimfx.ir.plan import SlimPlan
 from slimfx.latency.layers import timed_layers
-from slimfx.latency.table import LatencyTable, Target, measure_table, time_on_target
+from slimfx.latency.table import (
+    LatencyTable,
+    Target,
+    measure_model_ms,
+    measure_table,
+    time_on_target,
+)
 from slimfx.numerics import as_input_tuple
 
 logger = logging.getLogger(__name__)
@@ -65,7 +77,7 @@ def plan_for_latency(
     constants: ConstantTables | None = None,
     table: LatencyTable | None = None,
     cache_dir: str | os.PathLike | None = None,
-    refine: int = 2,
+    refine: int = 3,
     tolerance: float = DEFAULT_TOLERANCE,
     rounds: int = 7,
     progress: bool = True,
@@ -97,22 +109,67 @@ def plan_for_latency(
     tuple
         ``(plan, slim module)``; the module is not verified.
     """
-    from slimfx.passes.latency_plan import choose_widths
-    from slimfx.passes.plan import cuttable_groups, group_scores, plan
-    from slimfx.passes.rewrite import rewrite
-
     if not options.latency_target:
         raise ValueError("options have no latency target (speedup or latency_ms)")
     if refine < 0 or tolerance < 0:
         raise ValueError(f"need refine >= 0 and tolerance >= 0, got {refine} and {tolerance}")
     target = target_of(options, example_inputs)
+    if table is not None and table.target != target:
+        raise ValueError(f"the latency table is of {table.target}, not of {target}")
+    with _original_on_target(cg.gm, example_inputs, target) as original:
+        return _plan_for_latency(
+            cg,
+            options,
+            example_inputs,
+            target,
+            original,
+            constants=constants,
+            table=table,
+            cache_dir=cache_dir,
+            refine=refine,
+            tolerance=tolerance,
+            rounds=rounds,
+            progress=progress,
+        )
+
+
+@contextlib.contextmanager
+def _original_on_target(
+    module: torch.nn.Module, example_inputs: Any, target: Target
+) -> Iterator[torch.nn.Module | Path]:
+    """The original as whole-model timings run it: for a backend that runs ONNX files, the
+    file exported (and checked) once, which each timing would otherwise export again."""
+    from slimfx.bench.backends import runs_onnx
+    from slimfx.export.onnx import export_onnx
+
+    if not runs_onnx(target.backend):
+        yield module
+        return
+    with tempfile.TemporaryDirectory(prefix="slimfx-latency-") as folder:
+        path = Path(folder) / "original.onnx"
+        export_onnx(module, example_inputs, path)
+        yield path
+
+
+def _plan_for_latency(
+    cg, options, example_inputs, target, original, *, constants, table, cache_dir, **settings
+):
+    from slimfx.passes.latency_plan import choose_widths
+    from slimfx.passes.plan import cuttable_groups, group_scores, plan
+    from slimfx.passes.rewrite import rewrite
+
+    refine, tolerance, rounds = settings["refine"], settings["tolerance"], settings["rounds"]
     step = options.round_to if options.round_to > 1 else None
     if table is None:
         table = measure_table(
-            cg, example_inputs, target, step=step, cache_dir=cache_dir, progress=progress
+            cg,
+            example_inputs,
+            target,
+            step=step,
+            cache_dir=cache_dir,
+            progress=settings["progress"],
+            model_ms=measure_model_ms(original, example_inputs, target),
         )
-    elif table.target != target:
-        raise ValueError(f"the latency table is of {table.target}, not of {target}")
     unit = options.round_to if options.round_to > 1 else table.step
     groups = cuttable_groups(cg, compensate=options.compensate, constants=constants)
     if not groups:
@@ -128,16 +185,18 @@ def plan_for_latency(
         return slim_plan, rewrite(cg, slim_plan, constants=constants)
 
     def measure(module) -> float:
-        speedup = _measured_speedup(cg.gm, module, example_inputs, target, rounds)
+        speedup = _measured_speedup(original, module, example_inputs, target, rounds)
         return table.model_ms / speedup
 
     half = {g.name: _snap(g.size // 2, unit, g) for g in groups}
     half_plan, half_module = build(half)
-    points = [table.point(layers, half_plan.keep_table(cg), measure(half_module))]
-    calibrated = table.calibrated(points)
+    calibrated = table.calibrated(
+        [table.point(layers, half_plan.keep_table(cg), measure(half_module))]
+    )
     attempts = []
+    tried: list[tuple[float, float]] = []  # (goal, measured ms) of each attempt
     best = None
-    correction = 1.0  # measured over predicted, at the last plan measured
+    goal = budget  # what the calibrated prediction is asked for
     for attempt in range(refine + 1):
         choice = choose_widths(
             cg,
@@ -145,15 +204,16 @@ def plan_for_latency(
             scores,
             layers,
             calibrated,
-            budget / correction,
+            goal,
             unit=unit,
             min_channels=options.min_channels,
         )
         slim_plan, module = build(choice.widths)
         keep = slim_plan.keep_table(cg)
-        predicted = calibrated.predict(layers, keep) * correction  # after keep_forward, carriers
+        # after keep_forward and carriers, in the terms of the measurements so far
+        predicted = calibrated.predict(layers, keep) * budget / goal
         measured = measure(module)
-        attempts.append({"predicted_ms": predicted, "measured_ms": measured})
+        attempts.append({"goal_ms": goal, "predicted_ms": predicted, "measured_ms": measured})
         logger.info(
             "latency plan %d: predicted %.2f ms, measured %.2f ms, budget %.2f ms",
             attempt + 1,
@@ -163,13 +223,12 @@ def plan_for_latency(
         )
         miss = abs(measured / budget - 1)
         if best is None or miss < best[0]:
-            best = (miss, slim_plan, module, choice, calibrated, predicted, measured)
+            best = (miss, slim_plan, module, choice, predicted, measured)
         if miss <= tolerance or not choice.reached:
             break
-        points.append(table.point(layers, keep, measured))
-        calibrated = table.calibrated(points)
-        correction = measured / calibrated.predict(layers, keep)
-    _, slim_plan, module, choice, calibrated, predicted, measured = best
+        tried.append((goal, measured))
+        goal = next_goal(tried, budget)
+    _, slim_plan, module, choice, predicted, measured = best
     if not choice.reached:
         slim_plan.notes.append(
             f"the latency budget {budget:.2f} ms is out of reach: the slimmest model the "
@@ -210,6 +269,31 @@ def plan_for_latency(
     }
     slim_plan = dataclasses.replace(slim_plan, options=options, latency=record)
     return slim_plan, module
+
+
+def next_goal(tried: list[tuple[float, float]], budget: float) -> float:
+    """The goal (ms, in the calibrated prediction's terms) of the next attempt.
+
+    ``tried`` holds ``(goal, measured ms)`` of the attempts so far. The measured latency is
+    taken as a power of the goal near the budget: a secant in log-log through the two
+    attempts that bracket the budget (else the two nearest it); with one attempt, or when
+    the two disagree in direction, the nearest goal is scaled by budget over its measurement.
+    """
+    if not tried:
+        return budget
+    near = sorted(tried, key=lambda t: abs(math.log(t[1] / budget)))
+    (g0, m0), others = near[0], near[1:]
+    fallback = g0 * budget / m0
+    if not others:
+        return fallback
+    across = [t for t in others if (t[1] - budget) * (m0 - budget) < 0]
+    g1, m1 = (across or others)[0]
+    if g1 == g0 or m1 == m0:
+        return fallback
+    slope = math.log(m1 / m0) / math.log(g1 / g0)
+    if not 0.2 <= slope <= 5:  # noise or a step in the plans, not a trend
+        return fallback
+    return g0 * math.exp(math.log(budget / m0) / slope)
 
 
 def _snap(width: int, unit: int, group) -> int:

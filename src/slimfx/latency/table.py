@@ -410,8 +410,10 @@ def time_on_target(models: Mapping[str, Any], example_inputs: Any, target: Targe
     )
 
 
-def measure_model_ms(module: torch.nn.Module, example_inputs: Any, target: Target) -> float:
-    """Median latency of ``module`` on ``target`` (:func:`time_on_target`)."""
+def measure_model_ms(
+    module: torch.nn.Module | str | os.PathLike, example_inputs: Any, target: Target
+) -> float:
+    """Median latency of ``module`` (or of an ONNX file) on ``target`` (:func:`time_on_target`)."""
     report = time_on_target({"model": module}, example_inputs, target)
     return report.stats(target.backend, target.batch, "model").median_ms
 
