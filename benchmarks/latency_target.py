@@ -298,17 +298,19 @@ def markdown(results: dict) -> str:
             f"Latency table: {case['table_seconds']:.1f} s ({case['probes']} probes, width "
             f"step {case['step']}).",
             "",
-            "| plan | asked | measured speedup | alone vs original | predicted speedup | "
-            "prediction error | measured ms | MACs ratio | efficiency | |gamma| mass kept | "
-            "channels pruned |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| plan | asked | measured speedup | alone vs original | planner's check | "
+            "predicted speedup | prediction error | measured ms | MACs ratio | efficiency | "
+            "|gamma| mass kept | channels pruned |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in case["rows"]:
             noisy = " ⚠" if r["noisy"] else ""
             pair = f"{r['pair_speedup']:.2f}×" if "pair_speedup" in r else "–"
+            check = f"{r['planner_speedup']:.2f}×" if "planner_speedup" in r else "–"
             error = r["speedup"] / r["predicted_speedup"] - 1  # predicted ÷ measured latency
             lines.append(
                 f"| {r['model']} | {r['asked']:g}× | {r['speedup']:.2f}×{noisy} | {pair} | "
+                f"{check} | "
                 f"{r['predicted_speedup']:.2f}× | {error:+.1%} | {r['measured_ms']:.2f} | "
                 f"{r['macs_ratio']:.2f}× | {r['efficiency']:.2f} | {r['mass_kept']:.1%} | "
                 f"{r['pruned']:.1%} |"
@@ -332,7 +334,9 @@ def markdown(results: dict) -> str:
     lines.append(
         "measured speedup: all plans of a case and the original in one alternating run; "
         "alone vs original: the latency plan and the original in a run of their own (what "
-        "`slimfx bench` shows); predicted speedup: the plan's prediction against the "
+        "`slimfx bench` shows); planner's check: the speedup the planner measured for the "
+        "plan it kept (its own run against the original, inside `slimfx.slim`); predicted "
+        "speedup: the plan's prediction against the "
         "original's latency in the table; prediction error: predicted over measured latency, "
         "both relative to the original; percent rows: the smallest percent whose plan with "
         "that uniform round_to is predicted at least as fast as the latency plan (bisection on "

@@ -73,6 +73,29 @@ def test_a_measured_table_is_reused(fast, monkeypatch):
     assert again.plan.latency["probes"] == 0 and again.plan.latency["latency_ms"] is not None
 
 
+def test_the_original_is_exported_once_per_call(fast, monkeypatch):
+    model, x, cache, _ = fast
+    import slimfx.bench.backends as backends_module
+    import slimfx.export.onnx as onnx_module
+
+    exported = []
+    real = onnx_module.export_onnx
+
+    def counting(module, *args, **kwargs):
+        exported.append(sum(p.numel() for p in module.parameters()))
+        return real(module, *args, **kwargs)
+
+    monkeypatch.setattr(onnx_module, "export_onnx", counting)
+    monkeypatch.setattr(backends_module, "export_onnx", counting)
+    again = slimfx.slim(
+        model, x, speedup=1.6, backend="ort-cpu", batch=8, threads=1, latency_cache=cache
+    )
+    original = sum(p.numel() for p in model.parameters())
+    assert exported.count(original) == 1  # every whole-model timing ran the one file
+    # the half-width calibration and each attempt are exported once each
+    assert len(exported) == 2 + len(again.plan.latency["attempts"])
+
+
 def test_bad_targets_fail_before_any_work(fast):
     model, x, _, _ = fast
     with pytest.raises(ValueError, match="exclusive"):
