@@ -8,12 +8,18 @@ onnxruntime's CPU provider with 2 threads by default):
 3. For comparison at the same latency: ``percent`` pruning with each uniform ``round_to``,
    its ``percent`` chosen (by bisection on the calibrated prediction) as the smallest that
    is predicted at least as fast as the latency plan.
-4. The original and every slim model are timed in one run, alternating rounds (medians).
+4. For the efficiency at that latency: the plan that keeps the most MACs instead of the
+   most |gamma| mass (the same planner with each channel scored by the MACs it carries at
+   full width), i.e. close to the most efficient plan the latency table allows.
+5. The original and every slim model are timed in one run, alternating rounds (medians);
+   the run is repeated ``--repeats`` times and the median of the runs' speedups reported
+   with their range, so the table also shows how far one run moves on this machine.
 
 The table gives measured speedup, predicted and measured latency, MACs ratio, latency
 efficiency (speedup ÷ MACs ratio) and the |gamma| mass each plan keeps. With
 ``--digits`` the reference VGG-11 is also sparsity-trained on the bundled digits, slimmed
-both ways at the same latency, fine-tuned, and the accuracies compared.
+both ways at the same latency, fine-tuned with ``--seeds`` seeds, and the accuracies
+compared (mean over the seeds).
 
     python benchmarks/latency_target.py --out benchmarks/results
     python benchmarks/latency_target.py --cases vgg19-cifar --speedups 2 --no-digits
@@ -22,6 +28,7 @@ both ways at the same latency, fine-tuned, and the accuracies compared.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import sys
@@ -30,6 +37,7 @@ import time
 from pathlib import Path
 
 import common
+import numpy as np
 import torch
 
 import slimfx
@@ -39,7 +47,8 @@ from slimfx.bench.models import synthetic_scales
 from slimfx.files import write_text
 from slimfx.latency import Target, measure_table, timed_layers
 from slimfx.passes.analyze import analyze
-from slimfx.passes.plan import group_scores, plan
+from slimfx.passes.latency_plan import choose_widths
+from slimfx.passes.plan import cuttable_groups, group_scores, plan
 from slimfx.passes.rewrite import rewrite
 from slimfx.passes.trace import trace
 
@@ -57,7 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backend", default="ort-cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=11)
+    p.add_argument("--repeats", type=int, default=3, help="independent timing runs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds (digits)")
     p.add_argument("--digits", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
@@ -106,6 +117,56 @@ def percent_at(cg, table, layers, round_to: int, budget_ms: float) -> tuple[floa
     return hi, best if best is not None else plan(cg, hi, round_to=round_to)
 
 
+def mac_scores(cg, layers) -> dict[int, np.ndarray]:
+    """Per group, the MACs each channel carries at full width (first order: a channel of a
+    layer's input or output axis carries that layer's MACs over the axis' width)."""
+    scores = {g.id: np.zeros(g.size) for g in cg.groups}
+    for layer in layers:
+        macs = layer.shape.macs()
+        axes = (
+            (layer.in_layout, layer.shape.in_channels),
+            (layer.out_layout, layer.shape.out_channels),
+        )
+        for layout, width in axes:
+            if layout is None:
+                continue
+            for gid in layout.group_ids():
+                if gid in scores:
+                    np.add.at(scores[gid], layout.index[layout.group == gid], macs / width)
+    return scores
+
+
+def most_macs_plan(cg, table, layers, goal_ms: float, unit: int):
+    """The plan the latency planner makes when it keeps the most MACs, not |gamma| mass."""
+    groups = cuttable_groups(cg)
+    scores = mac_scores(cg, layers)
+    choice = choose_widths(
+        cg, groups, {g.id: scores[g.id] for g in groups}, layers, table, goal_ms, unit=unit
+    )
+    return plan(cg, 0.5, widths=choice.widths)
+
+
+def timed_runs(models: dict, x, batch: int, args, progress: bool = False):
+    """``--repeats`` independent alternating runs: per model its speedup in each run, and
+    the last run's report (latencies, MACs)."""
+    speedups: dict[str, list[float]] = {}
+    for _ in range(args.repeats):
+        report = measure_latency(
+            models,
+            x,
+            batches=(batch,),
+            backends=(args.backend,),
+            threads=args.threads,
+            rounds=args.rounds,
+            progress=progress,
+        )
+        for name in models:
+            if name != "original":
+                row = report.row(args.backend, batch, name)
+                speedups.setdefault(name, []).append(row.speedup)
+    return speedups, report
+
+
 def run_case(case: str, args, cache: Path) -> dict:
     model, x, batch = build(case, args.seed)
     target = Target(args.backend, batch, args.threads)
@@ -131,23 +192,17 @@ def run_case(case: str, args, cache: Path) -> dict:
         lat = result.plan.latency
         name = f"latency {speedup:g}x"
         models[name] = result.module
-        pair = measure_latency(
-            {"original": model, name: result.module},
-            x,
-            batches=(batch,),
-            backends=(args.backend,),
-            threads=args.threads,
-            rounds=args.rounds,
-            progress=False,
-        )
+        pair, _ = timed_runs({"original": model, name: result.module}, x, batch, args)
         rows.append(
             {
                 "model": name,
                 "asked": speedup,
                 "predicted_ms": lat["predicted_ms"],
                 "predicted_speedup": lat["original_ms"] / lat["predicted_ms"],
-                "pair_speedup": pair.row(args.backend, batch, name).speedup,
+                "pair_speedup": float(np.median(pair[name])),
+                "pair_runs": pair[name],
                 "planner_speedup": lat["measured_speedup"],
+                "attempts": lat["attempts"],
                 "mass": kept_mass(cg, result.plan),
                 "pruned": result.report.ratio,
             }
@@ -158,12 +213,16 @@ def run_case(case: str, args, cache: Path) -> dict:
             rest_per_activation=lat["rest_per_activation"],
         )
         correction = lat["correction"]
+        goal = lat["predicted_ms"] / correction
+        comparisons = {}
         for round_to in args.round_to:
-            goal = lat["predicted_ms"] / correction
             percent, candidate = percent_at(cg, calibrated, layers, round_to, goal)
-            module = rewrite(cg, candidate)
-            label = f"percent {percent:.3f} round_to {round_to} (vs {speedup:g}x)"
-            models[label] = module
+            comparisons[f"percent {percent:.3f} round_to {round_to}"] = candidate
+        most_macs = most_macs_plan(cg, calibrated, layers, goal, lat["step"])
+        comparisons["most MACs kept"] = most_macs
+        for label, candidate in comparisons.items():
+            label = f"{label} (vs {speedup:g}x)"
+            models[label] = rewrite(cg, candidate)
             predicted = calibrated.predict(layers, candidate.keep_table(cg)) * correction
             rows.append(
                 {
@@ -175,24 +234,17 @@ def run_case(case: str, args, cache: Path) -> dict:
                     "pruned": candidate.ratio,
                 }
             )
-    report = measure_latency(
-        models,
-        x,
-        batches=(batch,),
-        backends=(args.backend,),
-        threads=args.threads,
-        rounds=args.rounds,
-        progress=True,
-    )
+    runs, report = timed_runs(models, x, batch, args, progress=True)
     total_mass = float(sum(group_scores(cg, g).sum() for g in cg.groups if g.prunable))
     for row in rows:
         measured = report.row(args.backend, batch, row["model"])
         row.update(
             measured_ms=measured.slim_median_ms,
             original_ms=measured.original_median_ms,
-            speedup=measured.speedup,
+            speedup=float(np.median(runs[row["model"]])),
+            runs=runs[row["model"]],
             macs_ratio=measured.macs_ratio,
-            efficiency=measured.efficiency,
+            efficiency=float(np.median(runs[row["model"]])) / measured.macs_ratio,
             mass_kept=row["mass"] / total_mass,
             noisy=measured.noisy,
         )
@@ -250,34 +302,41 @@ def digits_comparison(args, cache: Path) -> dict:
                 kept_mass(cg, candidate),
             )
         out = {}
+        seeds = [config.seed + k for k in range(args.seeds)]
         for name, (module, mass) in candidates.items():
-            torch.manual_seed(config.seed)
-            run = fit(
-                module.train(),
-                train_set,
-                test_set,
-                TrainConfig(
-                    epochs=config.finetune_epochs,
-                    lr=config.finetune_lr,
-                    batch_size=config.batch_size,
-                    seed=config.seed,
-                    device="cpu",
-                    save_dir=Path(tmp) / "ft" / name.replace(" ", "_"),
-                ),
-            )
-            out[name] = {"mass": mass, "fine_tuned_accuracy": run.final_accuracy}
-        report = measure_latency(
-            {"original": original, **{k: v[0] for k, v in candidates.items()}},
-            x,
-            batches=(batch,),
-            backends=(args.backend,),
-            threads=args.threads,
-            rounds=args.rounds,
+            accuracies = []
+            for seed in seeds:
+                torch.manual_seed(seed)
+                run = fit(
+                    copy.deepcopy(module).train(),
+                    train_set,
+                    test_set,
+                    TrainConfig(
+                        epochs=config.finetune_epochs,
+                        lr=config.finetune_lr,
+                        batch_size=config.batch_size,
+                        seed=seed,
+                        device="cpu",
+                        save_dir=Path(tmp) / "ft" / f"{name.replace(' ', '_')}-{seed}",
+                    ),
+                )
+                accuracies.append(run.final_accuracy)
+            out[name] = {
+                "mass": mass,
+                "fine_tuned_accuracy": float(np.mean(accuracies)),
+                "accuracies": accuracies,
+            }
+        runs, report = timed_runs(
+            {"original": original, **{k: v[0] for k, v in candidates.items()}}, x, batch, args
         )
         for name in out:
             row = report.row(args.backend, batch, name)
-            out[name].update(speedup=row.speedup, measured_ms=row.slim_median_ms)
-    return {"speedup": speedup, "batch": batch, "models": out}
+            out[name].update(
+                speedup=float(np.median(runs[name])),
+                runs=runs[name],
+                measured_ms=row.slim_median_ms,
+            )
+    return {"speedup": speedup, "batch": batch, "seeds": seeds, "models": out}
 
 
 def markdown(results: dict) -> str:
@@ -288,7 +347,9 @@ def markdown(results: dict) -> str:
         f"{m.get('cpu')} ({m.get('cpu_count')} CPUs), torch {m.get('torch')}, onnxruntime "
         f"{m.get('onnxruntime')}, backend {results['backend']}, {results['threads']} threads; "
         "synthetic |gamma| (uniform) for the VGG-19 and ResNet-18 cases; medians of "
-        f"{results['rounds']} alternating rounds, all models of a case in one run.",
+        f"{results['rounds']} alternating rounds, all models of a case in one run; each run "
+        f"repeated {results.get('repeats', 1)} times: median speedup of the runs (their range "
+        "in brackets).",
         "",
     ]
     for case in results["cases"]:
@@ -305,11 +366,12 @@ def markdown(results: dict) -> str:
         ]
         for r in case["rows"]:
             noisy = " ⚠" if r["noisy"] else ""
-            pair = f"{r['pair_speedup']:.2f}×" if "pair_speedup" in r else "–"
+            pair = _runs(r["pair_speedup"], r.get("pair_runs")) if "pair_speedup" in r else "–"
             check = f"{r['planner_speedup']:.2f}×" if "planner_speedup" in r else "–"
             error = r["speedup"] / r["predicted_speedup"] - 1  # predicted ÷ measured latency
             lines.append(
-                f"| {r['model']} | {r['asked']:g}× | {r['speedup']:.2f}×{noisy} | {pair} | "
+                f"| {r['model']} | {r['asked']:g}× | {_runs(r['speedup'], r.get('runs'))}{noisy} | "
+                f"{pair} | "
                 f"{check} | "
                 f"{r['predicted_speedup']:.2f}× | {error:+.1%} | {r['measured_ms']:.2f} | "
                 f"{r['macs_ratio']:.2f}× | {r['efficiency']:.2f} | {r['mass_kept']:.1%} | "
@@ -322,13 +384,15 @@ def markdown(results: dict) -> str:
             f"### Digits VGG-11 (sparsity-trained, fine-tuned), asked {d['speedup']:g}×, "
             f"batch {d['batch']}",
             "",
-            "| plan | measured speedup | measured ms | |gamma| mass | fine-tuned accuracy |",
+            "| plan | measured speedup | measured ms | |gamma| mass | fine-tuned accuracy, "
+            f"mean of {len(d.get('seeds', [0]))} seeds (each) |",
             "|---|---:|---:|---:|---:|",
         ]
         for name, r in d["models"].items():
+            each = ", ".join(f"{100 * a:.2f}" for a in r.get("accuracies", []))
             lines.append(
-                f"| {name} | {r['speedup']:.2f}× | {r['measured_ms']:.2f} | {r['mass']:.3f} | "
-                f"{100 * r['fine_tuned_accuracy']:.2f}% |"
+                f"| {name} | {_runs(r['speedup'], r.get('runs'))} | {r['measured_ms']:.2f} | "
+                f"{r['mass']:.3f} | {100 * r['fine_tuned_accuracy']:.2f}% ({each}) |"
             )
         lines.append("")
     lines.append(
@@ -340,9 +404,18 @@ def markdown(results: dict) -> str:
         "original's latency in the table; prediction error: predicted over measured latency, "
         "both relative to the original; percent rows: the smallest percent whose plan with "
         "that uniform round_to is predicted at least as fast as the latency plan (bisection on "
-        "the same calibrated prediction)."
+        "the same calibrated prediction); most MACs kept: the latency planner with channels "
+        "scored by their MACs instead of |gamma|, at the same prediction (the efficiency the "
+        "latency table allows at that latency); efficiency: measured speedup ÷ MACs ratio."
     )
     return "\n".join(lines) + "\n"
+
+
+def _runs(median: float, runs: list[float] | None) -> str:
+    """A speedup with the range of its runs."""
+    if not runs or len(runs) < 2:
+        return f"{median:.2f}×"
+    return f"{median:.2f}× ({min(runs):.2f}–{max(runs):.2f})"
 
 
 def main(argv=None) -> int:
@@ -353,6 +426,7 @@ def main(argv=None) -> int:
         "backend": args.backend,
         "threads": args.threads,
         "rounds": args.rounds,
+        "repeats": args.repeats,
         "cases": [],
     }
     with tempfile.TemporaryDirectory(prefix="slimfx-latency-cache-") as cache:

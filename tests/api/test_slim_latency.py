@@ -1,6 +1,7 @@
 """``slimfx.slim(..., speedup=...)``: slimming to a latency measured on the target."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch
 import slimfx
 from slimfx.bench.models import synthetic_scales
 from slimfx.ir.plan import SlimPlan
+from slimfx.latency.planning import DEFAULT_TOLERANCE
 from slimfx.models import VGG
 
 CFG = [16, "M", 32, "M", 64, 64, "M", 64, "M", 64]
@@ -37,6 +39,15 @@ def test_the_slim_model_is_verified_and_faster_on_the_target(fast):
     assert 0 < latency["kept_mass"] < latency["total_mass"]
     assert sum(row["predicted_ms"] for row in latency["layers"].values()) < latency["original_ms"]
     assert list((cache / "latency").glob("ort-cpu-*.json"))
+    # every attempt records its runs; the kept one is the closest, confirmed when accepted
+    budget = latency["budget_ms"]
+    for attempt in latency["attempts"]:
+        runs = attempt["runs_ms"]
+        assert attempt["measured_ms"] == pytest.approx(math.prod(runs) ** (1 / len(runs)))
+    kept = min(latency["attempts"], key=lambda a: abs(a["measured_ms"] / budget - 1))
+    assert kept["measured_ms"] == latency["measured_ms"]
+    if abs(kept["measured_ms"] / budget - 1) <= DEFAULT_TOLERANCE:
+        assert len(kept["runs_ms"]) == 2
 
 
 def test_the_plan_records_the_prediction_and_round_trips(fast):

@@ -13,30 +13,28 @@
    :mod:`slimfx.passes.plan`) and rewritten.
 4. The slim model is timed against the original on the target. Measured latencies are
    those of the same alternating run: the original's table latency divided by the measured
-   speedup, so the drift of a shared machine between runs cancels. When the measured
-   latency misses the budget by more than ``tolerance``, step 3 runs again (at most
-   ``refine`` times) with another goal for the prediction (:func:`next_goal`: scaled by
-   the miss after one attempt, a secant through the attempts after more), and the attempt
-   closest to the budget is kept. Its recorded prediction is the one the plan was made
-   with (the calibrated prediction scaled by budget over goal), before it was measured.
+   speedup, so the drift of a shared machine between runs cancels. The search for a plan
+   that measures within ``tolerance`` of the budget (at most ``refine`` re-plans, each with
+   another goal for the prediction; an attempt within the tolerance is confirmed in a
+   second run) is :func:`slimfx.latency.search.search_budget`. The kept attempt's recorded
+   prediction is the one its plan was made with (the calibrated prediction scaled by budget
+   over goal), before it was measured.
 
 The plan records the target, the prediction per layer and the measurements
-(``SlimPlan.latency``). On a backend that runs ONNX files the original is exported (and
-checked) once per call, into a temporary folder, and every whole-model timing runs that
-file.
+(``SlimPlan.latency``). On a backend that runs ONNX files every model timed (the original,
+the calibration model, each attempt) is exported and checked once, into a temporary folder,
+and each timing runs its file.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
 import os
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -48,6 +46,7 @@ from slimfx.ir.layout import KeepTable
 from slimfx.ir.options import SlimOptions
 from slimfx.ir.plan import SlimPlan
 from slimfx.latency.layers import timed_layers
+from slimfx.latency.search import Attempt, search_budget
 from slimfx.latency.table import (
     LatencyTable,
     Target,
@@ -116,49 +115,75 @@ def plan_for_latency(
     target = target_of(options, example_inputs)
     if table is not None and table.target != target:
         raise ValueError(f"the latency table is of {table.target}, not of {target}")
-    with _original_on_target(cg.gm, example_inputs, target) as original:
+    with tempfile.TemporaryDirectory(prefix="slimfx-latency-") as folder:
+        timer = _OnTarget(cg.gm, example_inputs, target, rounds, Path(folder))
         return _plan_for_latency(
             cg,
             options,
             example_inputs,
             target,
-            original,
+            timer,
             constants=constants,
             table=table,
             cache_dir=cache_dir,
             refine=refine,
             tolerance=tolerance,
-            rounds=rounds,
             progress=progress,
         )
 
 
-@contextlib.contextmanager
-def _original_on_target(
-    module: torch.nn.Module, example_inputs: Any, target: Target
-) -> Iterator[torch.nn.Module | Path]:
-    """The original as whole-model timings run it: for a backend that runs ONNX files, the
-    file exported (and checked) once, which each timing would otherwise export again."""
-    from slimfx.bench.backends import runs_onnx
-    from slimfx.export.onnx import export_onnx
+class _Built(NamedTuple):
+    """What one attempt of the search built."""
 
-    if not runs_onnx(target.backend):
-        yield module
-        return
-    with tempfile.TemporaryDirectory(prefix="slimfx-latency-") as folder:
-        path = Path(folder) / "original.onnx"
-        export_onnx(module, example_inputs, path)
-        yield path
+    plan: SlimPlan
+    module: torch.fx.GraphModule
+    choice: Any  # slimfx.passes.latency_plan.WidthChoice
+    runnable: torch.nn.Module | Path  # what a timing runs (_OnTarget.prepare)
+
+
+class _OnTarget:
+    """Whole-model timings against the original on the target.
+
+    On a backend that runs ONNX files every model is exported (and checked) once, into
+    ``folder``, and each timing of it runs that file; other backends run the modules.
+    """
+
+    def __init__(self, original, example_inputs, target: Target, rounds: int, folder: Path):
+        self.example_inputs, self.target, self.rounds = example_inputs, target, rounds
+        self.folder, self.count = folder, 0
+        self.original = self.prepare(original)
+
+    def prepare(self, module: torch.nn.Module) -> torch.nn.Module | Path:
+        """What a timing of ``module`` runs: the module, or its ONNX file."""
+        from slimfx.bench.backends import runs_onnx
+        from slimfx.export.onnx import export_onnx
+
+        if not runs_onnx(self.target.backend):
+            return module
+        self.count += 1
+        path = self.folder / f"model-{self.count}.onnx"
+        export_onnx(module, self.example_inputs, path)
+        return path
+
+    def speedup(self, prepared: torch.nn.Module | Path) -> float:
+        """Median per-round speedup of a prepared model over the original, in one run."""
+        models = {"original": self.original, "slim": prepared}
+        report = time_on_target(models, self.example_inputs, self.target, self.rounds)
+        rows = [r for r in report.rows if r.model == "slim"]
+        if not rows:
+            reason = next(iter(report.skipped.values()), "it failed")
+            raise UnsupportedError(f"cannot time the slim model on {self.target.backend}: {reason}")
+        return float(np.median([r.speedup for r in rows]))
 
 
 def _plan_for_latency(
-    cg, options, example_inputs, target, original, *, constants, table, cache_dir, **settings
+    cg, options, example_inputs, target, timer, *, constants, table, cache_dir, **settings
 ):
     from slimfx.passes.latency_plan import choose_widths
     from slimfx.passes.plan import cuttable_groups, group_scores, plan
     from slimfx.passes.rewrite import rewrite
 
-    refine, tolerance, rounds = settings["refine"], settings["tolerance"], settings["rounds"]
+    refine, tolerance = settings["refine"], settings["tolerance"]
     step = options.round_to if options.round_to > 1 else None
     if table is None:
         table = measure_table(
@@ -168,7 +193,7 @@ def _plan_for_latency(
             step=step,
             cache_dir=cache_dir,
             progress=settings["progress"],
-            model_ms=measure_model_ms(original, example_inputs, target),
+            model_ms=measure_model_ms(timer.original, example_inputs, target),
         )
     unit = options.round_to if options.round_to > 1 else table.step
     groups = cuttable_groups(cg, compensate=options.compensate, constants=constants)
@@ -184,20 +209,16 @@ def _plan_for_latency(
         slim_plan = plan(cg, percent_free, constants=constants, widths=widths)
         return slim_plan, rewrite(cg, slim_plan, constants=constants)
 
-    def measure(module) -> float:
-        speedup = _measured_speedup(original, module, example_inputs, target, rounds)
-        return table.model_ms / speedup
+    def measure(prepared) -> float:
+        return table.model_ms / timer.speedup(prepared)
 
     half = {g.name: _snap(g.size // 2, unit, g) for g in groups}
     half_plan, half_module = build(half)
     calibrated = table.calibrated(
-        [table.point(layers, half_plan.keep_table(cg), measure(half_module))]
+        [table.point(layers, half_plan.keep_table(cg), measure(timer.prepare(half_module)))]
     )
-    attempts = []
-    tried: list[tuple[float, float]] = []  # (goal, measured ms) of each attempt
-    best = None
-    goal = budget  # what the calibrated prediction is asked for
-    for attempt in range(refine + 1):
+
+    def make(goal: float) -> Attempt:
         choice = choose_widths(
             cg,
             groups,
@@ -209,26 +230,31 @@ def _plan_for_latency(
             min_channels=options.min_channels,
         )
         slim_plan, module = build(choice.widths)
-        keep = slim_plan.keep_table(cg)
         # after keep_forward and carriers, in the terms of the measurements so far
-        predicted = calibrated.predict(layers, keep) * budget / goal
-        measured = measure(module)
-        attempts.append({"goal_ms": goal, "predicted_ms": predicted, "measured_ms": measured})
+        predicted = calibrated.predict(layers, slim_plan.keep_table(cg)) * budget / goal
+        return Attempt(goal, predicted, _Built(slim_plan, module, choice, timer.prepare(module)))
+
+    def measure_attempt(attempt: Attempt) -> float:
+        measured = measure(attempt.payload.runnable)
         logger.info(
-            "latency plan %d: predicted %.2f ms, measured %.2f ms, budget %.2f ms",
-            attempt + 1,
-            predicted,
+            "latency plan for goal %.2f ms: predicted %.2f ms, measured %.2f ms, budget %.2f ms",
+            attempt.goal_ms,
+            attempt.predicted_ms,
             measured,
             budget,
         )
-        miss = abs(measured / budget - 1)
-        if best is None or miss < best[0]:
-            best = (miss, slim_plan, module, choice, predicted, measured)
-        if miss <= tolerance or not choice.reached:
-            break
-        tried.append((goal, measured))
-        goal = next_goal(tried, budget)
-    _, slim_plan, module, choice, predicted, measured = best
+        return measured
+
+    best, attempts = search_budget(
+        make,
+        measure_attempt,
+        budget,
+        refine=refine,
+        tolerance=tolerance,
+        reachable=lambda attempt: attempt.payload.choice.reached,
+    )
+    slim_plan, module, choice, _ = best.payload
+    predicted, measured = best.predicted_ms, best.measured_ms
     if not choice.reached:
         slim_plan.notes.append(
             f"the latency budget {budget:.2f} ms is out of reach: the slimmest model the "
@@ -254,7 +280,7 @@ def _plan_for_latency(
         "correction": predicted / calibrated.predict(layers, keep),
         "table_seconds": table.seconds,
         "probes": table.probes,
-        "attempts": attempts,
+        "attempts": [attempt.record() for attempt in attempts],
         "layers": {
             layer.node: {
                 "module": layer.module,
@@ -271,41 +297,7 @@ def _plan_for_latency(
     return slim_plan, module
 
 
-def next_goal(tried: list[tuple[float, float]], budget: float) -> float:
-    """The goal (ms, in the calibrated prediction's terms) of the next attempt.
-
-    ``tried`` holds ``(goal, measured ms)`` of the attempts so far. The measured latency is
-    taken as a power of the goal near the budget: a secant in log-log through the two
-    attempts that bracket the budget (else the two nearest it); with one attempt, or when
-    the two disagree in direction, the nearest goal is scaled by budget over its measurement.
-    """
-    if not tried:
-        return budget
-    near = sorted(tried, key=lambda t: abs(math.log(t[1] / budget)))
-    (g0, m0), others = near[0], near[1:]
-    fallback = g0 * budget / m0
-    if not others:
-        return fallback
-    across = [t for t in others if (t[1] - budget) * (m0 - budget) < 0]
-    g1, m1 = (across or others)[0]
-    if g1 == g0 or m1 == m0:
-        return fallback
-    slope = math.log(m1 / m0) / math.log(g1 / g0)
-    if not 0.2 <= slope <= 5:  # noise or a step in the plans, not a trend
-        return fallback
-    return g0 * math.exp(math.log(budget / m0) / slope)
-
-
 def _snap(width: int, unit: int, group) -> int:
     """``width`` rounded up to the group's width unit (at most its size)."""
     unit = math.lcm(unit, group.blocks)
     return int(min(group.size, max(unit, -(-width // unit) * unit)))
-
-
-def _measured_speedup(original, slim, example_inputs, target: Target, rounds: int) -> float:
-    report = time_on_target({"original": original, "slim": slim}, example_inputs, target, rounds)
-    rows = [r for r in report.rows if r.model == "slim"]
-    if not rows:
-        reason = next(iter(report.skipped.values()), "it failed")
-        raise UnsupportedError(f"cannot time the slim model on {target.backend}: {reason}")
-    return float(np.median([r.speedup for r in rows]))
