@@ -137,11 +137,16 @@ def verify(
         message, which names the failing line of the slim model's code, is quoted).
     """
     worst = 0.0
+    # float64 copies made once for all trials (a copy of a large layer costs as much as
+    # running it)
+    if reference_state is None:
+        reference_state = _state(reference, torch.float64)
+    slim_state = _state(slim, torch.float64)
     for trial in range(trials):
         inputs = random_inputs(example_inputs, seed + trial)
         expected = run_float64(reference, inputs, reference_state)
         try:
-            actual = run_float64(slim, inputs)
+            actual = run_float64(slim, inputs, slim_state)
         except Exception as exc:  # a rewrite the slim model's own code does not accept
             raise EquivalenceError(
                 f"the slim model fails to run: {type(exc).__name__}: {first_line(exc)}",
