@@ -29,7 +29,14 @@ def nonfinite_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
     bad = []
     for name, tensor in named:
         if tensor.is_floating_point() or tensor.is_complex():
-            count = int((~torch.isfinite(tensor.detach())).sum())
+            tensor = tensor.detach()
+            # A finite sum means finite values (NaN and inf propagate; only an overflow of
+            # finite values makes it inf, and then the count below decides). Summing reads
+            # the tensor once; the count writes two masks of its size: 0.05 s against 1 s
+            # for torchvision's vgg11_bn, whose every slim() checks its weights.
+            if torch.isfinite(tensor.sum()):
+                continue
+            count = int((~torch.isfinite(tensor)).sum())
             if count:
                 bad.append(f"{name} ({count} of {tensor.numel()} values)")
     return bad

@@ -14,6 +14,7 @@ from slimfx import CheckpointError, EquivalenceError, TraceError
 from slimfx.cli import main
 from slimfx.export.onnx import export_onnx
 from slimfx.models import VGG
+from slimfx.validation import nonfinite_tensors
 
 
 def prune_args(tmp_path, checkpoints) -> list:
@@ -74,6 +75,18 @@ def test_slim_names_the_layer_with_nan_or_inf_weights(tmp_path, safety, layer, i
     with pytest.raises(ValueError, match=rf"{layer}\.weight"):
         export_onnx(model, torch.randn(1, 3, 32, 32), tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_finite_weights_whose_sum_overflows_are_not_called_infinite():
+    huge = torch.full((4,), 3e38)  # each finite in float32; their sum is inf
+    assert not torch.isfinite(huge.sum())
+    assert nonfinite_tensors([("huge", huge)]) == []
+    huge[1], huge[2] = float("nan"), -float("inf")
+    assert nonfinite_tensors([("huge", huge)]) == ["huge (2 of 4 values)"]
+    # infinities of both signs sum to NaN, a single NaN to NaN: both counted
+    assert nonfinite_tensors([("t", torch.tensor([float("inf"), -float("inf"), 1.0]))]) == [
+        "t (2 of 3 values)"
+    ]
 
 
 def test_nan_in_running_statistics_is_named_too(safety):
