@@ -97,3 +97,27 @@ def test_refine_zero_makes_one_plan_and_still_confirms_it():
     make, measure = scripted([[102.0, 120.0]])
     best, attempts = search_budget(make, measure, 100.0, refine=0, tolerance=0.05)
     assert attempts == [best] and len(best.runs_ms) == 2
+
+
+def test_a_goal_tried_already_is_not_asked_for_again():
+    # the smaller goal measured slower (the table is off there): scaling the nearest
+    # attempt would ask for 25.8 again, so the boldest attempt is scaled instead
+    budget = 28.25
+    nearest = (28.25, 30.93)
+    slower = (nearest[0] * budget / nearest[1], 35.57)
+    goal = next_goal([nearest, slower], budget)
+    assert goal == pytest.approx(slower[0] * budget / slower[1])
+    assert goal < slower[0]
+
+
+def test_a_search_whose_plans_measure_out_of_order_still_makes_new_plans():
+    def make(goal):
+        return Attempt(goal, goal)
+
+    def measure(attempt):  # slower at 25-27 ms goals than at 28 (a step the table missed)
+        return 30.9 if attempt.goal_ms > 27 else 35.6 if attempt.goal_ms > 23 else 27.0
+
+    best, attempts = search_budget(make, measure, 28.25, refine=3, tolerance=0.05)
+    goals = [a.goal_ms for a in attempts]
+    assert len(set(goals)) == len(goals)  # no plan made twice
+    assert best.miss(28.25) <= 0.05 and len(best.runs_ms) == 2

@@ -7,7 +7,7 @@ budget:
 1. The first goal is the budget itself.
 2. After a miss, the next goal comes from the attempts so far (:func:`next_goal`: the goal
    scaled by the miss after one attempt, a secant in log-log through the attempts that
-   bracket the budget after more).
+   bracket the budget after more; never a goal tried already).
 3. An attempt that measures within the tolerance is timed once more in a fresh run before
    it is accepted, and its latency is the geometric mean of its runs. On a shared machine a
    single run of the same two models can move by 10 % and more; without a second run the
@@ -126,26 +126,43 @@ def search_budget(
     return best, attempts
 
 
+#: A goal within this relative distance of one tried already would make the same plan again.
+SAME_GOAL = 0.005
+
+
 def next_goal(tried: list[tuple[float, float]], budget: float) -> float:
     """The goal (ms, in the calibrated prediction's terms) of the next attempt.
 
-    ``tried`` holds ``(goal, measured ms)`` of the attempts so far. The measured latency is
-    taken as a power of the goal near the budget: a secant in log-log through the two
-    attempts that bracket the budget (else the two nearest it); with one attempt, or when
-    the two disagree in direction, the nearest goal is scaled by budget over its measurement.
+    ``tried`` holds ``(goal, measured ms)`` of the attempts so far. The first of these that
+    was not tried already (within :data:`SAME_GOAL`) is returned:
+
+    1. The measured latency taken as a power of the goal near the budget: a secant in
+       log-log through the two attempts that bracket the budget (else the two nearest it),
+       where the two agree in direction.
+    2. The nearest goal scaled by budget over its measurement.
+    3. The boldest goal on the nearest's side of the budget (the smallest when it measured
+       over the budget, the largest when under) scaled the same way: where the table's
+       prediction is off, a smaller goal can measure slower, and 2. would ask for a goal
+       whose plan was measured already.
     """
     if not tried:
         return budget
     near = sorted(tried, key=lambda t: abs(math.log(t[1] / budget)))
     (g0, m0), others = near[0], near[1:]
-    fallback = g0 * budget / m0
-    if not others:
-        return fallback
-    across = [t for t in others if (t[1] - budget) * (m0 - budget) < 0]
-    g1, m1 = (across or others)[0]
-    if g1 == g0 or m1 == m0:
-        return fallback
-    slope = math.log(m1 / m0) / math.log(g1 / g0)
-    if not 0.2 <= slope <= 5:  # noise or a step in the plans, not a trend
-        return fallback
-    return g0 * math.exp(math.log(budget / m0) / slope)
+    candidates = []
+    if others:
+        across = [t for t in others if (t[1] - budget) * (m0 - budget) < 0]
+        g1, m1 = (across or others)[0]
+        if g1 != g0 and m1 != m0:
+            slope = math.log(m1 / m0) / math.log(g1 / g0)
+            if 0.2 <= slope <= 5:  # else noise or a step in the plans, not a trend
+                candidates.append(g0 * math.exp(math.log(budget / m0) / slope))
+    candidates.append(g0 * budget / m0)
+    over = m0 > budget
+    side = [t for t in tried if (t[1] > budget) == over]
+    bold_goal, bold_ms = min(side) if over else max(side)
+    candidates.append(bold_goal * budget / bold_ms)
+    for goal in candidates:
+        if all(abs(goal / g - 1) > SAME_GOAL for g, _ in tried):
+            return goal
+    return candidates[-1]
