@@ -10,7 +10,7 @@ onnxruntime's CPU provider with 2 threads by default):
    is predicted at least as fast as the latency plan.
 4. For the efficiency at that latency: the plan that keeps the most MACs instead of the
    most |gamma| mass (the same planner with each channel scored by the MACs it carries at
-   full width), i.e. close to the most efficient plan the latency table allows.
+   full width, a first-order count), a plan that loses few MACs for the latency it saves.
 5. The original and every slim model are timed in one run, alternating rounds (medians);
    the run is repeated ``--repeats`` times and the median of the runs' speedups reported
    with their range, so the table also shows how far one run moves on this machine.
@@ -405,8 +405,9 @@ def markdown(results: dict) -> str:
         "both relative to the original; percent rows: the smallest percent whose plan with "
         "that uniform round_to is predicted at least as fast as the latency plan (bisection on "
         "the same calibrated prediction); most MACs kept: the latency planner with channels "
-        "scored by their MACs instead of |gamma|, at the same prediction (the efficiency the "
-        "latency table allows at that latency); efficiency: measured speedup ÷ MACs ratio."
+        "scored by the MACs they carry at full width instead of |gamma|, at the same "
+        "prediction (a plan that loses few MACs for the latency it saves); efficiency: "
+        "measured speedup ÷ MACs ratio."
     )
     return "\n".join(lines) + "\n"
 
