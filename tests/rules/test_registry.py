@@ -1,6 +1,8 @@
 """The op-rule registry: registering rules, looking them up by node, layer input texts."""
 
 import operator
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -19,7 +21,9 @@ from slimfx.rules.registry import expected_input, module_rule, register, registe
 
 @pytest.fixture
 def scratch_registry(monkeypatch):
-    """Registrations made by a test go to copies of the tables, dropped after the test."""
+    """Registrations made by a test go to copies of the tables, dropped after the test
+    (copied after the rules of imported packages are in, which the copies would lose)."""
+    registered_keys()
     for table in ("_MODULE_RULES", "_FUNCTION_RULES", "_METHOD_RULES"):
         monkeypatch.setattr(registry, table, dict(getattr(registry, table)))
 
@@ -310,6 +314,8 @@ def test_expected_input_is_none_for_unknown_modules_and_rules_without_one():
 
 
 def test_registered_keys_lists_known_ops_sorted():
+    import torchvision.ops  # noqa: F401  (its rules register once it is imported)
+
     keys = registered_keys()
     assert set(keys) == {"modules", "functions", "methods"}
     for names in keys.values():
@@ -322,3 +328,23 @@ def test_registered_keys_lists_known_ops_sorted():
     assert "Sequential" not in keys["modules"]
     assert "roll" not in keys["functions"]
     assert "cumsum" not in keys["methods"]
+
+
+def test_package_rules_register_once_their_package_is_imported():
+    """Importing slimfx imports no torchvision; a model that holds its ops has imported
+    it, and then its rules are found (a fresh interpreter, so nothing is imported yet)."""
+    code = """
+import sys
+import torch
+import slimfx
+from slimfx.rules.registry import module_rule, registered_keys
+assert "torchvision" not in sys.modules, "importing slimfx imported torchvision"
+assert "StochasticDepth" not in registered_keys()["modules"]
+from torchvision.ops import StochasticDepth
+rule = module_rule(StochasticDepth(0.2, "row"))
+assert rule is not None and rule.name == "stochastic-depth", rule
+assert "StochasticDepth" in registered_keys()["modules"]
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

@@ -1,6 +1,8 @@
 """The op rules, one small object per op kind (see :mod:`slimfx.rules.registry`).
 
-Importing this package registers every rule family.
+Importing this package registers every rule family of PyTorch's own ops; the rules of a
+third-party package's ops (torchvision's) are registered once that package is imported
+(:data:`slimfx.rules.registry.PACKAGE_RULES`).
 """
 
 from slimfx.rules import (  # noqa: F401
@@ -10,7 +12,6 @@ from slimfx.rules import (  # noqa: F401
     norm,
     pooling,
     shape,
-    torchvision_ops,
 )
 from slimfx.rules.norm import is_batchnorm
 from slimfx.rules.registry import expected_input, register, registered_keys, rule_for

@@ -7,6 +7,7 @@ slim model a carrier channel is a BatchNorm channel with ``gamma = 0`` and ``bet
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -31,11 +32,10 @@ def frozen_batchnorms(model: nn.Module) -> list[str]:
     """Names of torchvision's ``FrozenBatchNorm2d`` modules in ``model``: BatchNorms with
     fixed scales and statistics (buffers, not parameters), as detection backbones are built;
     they cannot be sparsity-trained, so they rank nothing."""
-    try:
-        from torchvision.ops import FrozenBatchNorm2d
-    except ImportError:  # pragma: no cover - torchvision is a dependency
+    misc = sys.modules.get("torchvision.ops.misc")  # a model holding one has imported it
+    if misc is None:
         return []
-    return [name for name, m in model.named_modules() if isinstance(m, FrozenBatchNorm2d)]
+    return [name for name, m in model.named_modules() if isinstance(m, misc.FrozenBatchNorm2d)]
 
 
 def normalized_values(values, mean, var, eps, weight=None, bias=None) -> PrunedValues:
