@@ -81,6 +81,12 @@ def _state(module: torch.nn.Module, dtype: torch.dtype | None) -> dict[str, torc
     return out
 
 
+def float64_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Float64 copies of ``module``'s parameters and buffers, for :func:`run_float64`: made
+    once and reused over trials (a copy of a large layer costs as much as running it)."""
+    return _state(module, torch.float64)
+
+
 def random_inputs(example_inputs: Any, seed: int, dtype=torch.float64) -> tuple:
     """Fresh standard-normal inputs of the example's shapes (non-float inputs are reused)."""
     generator = torch.Generator().manual_seed(seed)
@@ -95,7 +101,7 @@ def random_inputs(example_inputs: Any, seed: int, dtype=torch.float64) -> tuple:
 
 def run_float64(module: torch.nn.Module, inputs: tuple, state: dict | None = None) -> Any:
     """``module(*inputs)`` with every floating parameter and buffer in float64."""
-    state = _state(module, torch.float64) if state is None else state
+    state = float64_state(module) if state is None else state
     with torch.no_grad(), eval_mode(module), attributes_kept(module):
         return torch.func.functional_call(module, state, inputs)
 
@@ -137,11 +143,9 @@ def verify(
         message, which names the failing line of the slim model's code, is quoted).
     """
     worst = 0.0
-    # float64 copies made once for all trials (a copy of a large layer costs as much as
-    # running it)
     if reference_state is None:
-        reference_state = _state(reference, torch.float64)
-    slim_state = _state(slim, torch.float64)
+        reference_state = float64_state(reference)
+    slim_state = float64_state(slim)
     for trial in range(trials):
         inputs = random_inputs(example_inputs, seed + trial)
         expected = run_float64(reference, inputs, reference_state)
