@@ -72,19 +72,29 @@ def _state(module: torch.nn.Module, dtype: torch.dtype | None) -> dict[str, torc
     Always copies: ``tensor.to(dtype)`` returns the tensor itself when it has that dtype
     already, and a write to such a "copy" would reach the module.
     """
-    named = list(module.named_parameters(remove_duplicate=False))
-    named += list(module.named_buffers(remove_duplicate=False))
     out = {}
-    for name, tensor in named:
+    for name, tensor in _named_tensors(module):
         cast = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
         out[name] = tensor.detach().to(cast, copy=True)
     return out
 
 
 def float64_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Float64 copies of ``module``'s parameters and buffers, for :func:`run_float64`: made
-    once and reused over trials (a copy of a large layer costs as much as running it)."""
-    return _state(module, torch.float64)
+    """``module``'s parameters and buffers in float64, for :func:`run_float64`: made once and
+    reused over trials (a copy of a large layer costs as much as running it).
+
+    Read-only: a tensor that is float64 already is the module's own (detached), not a copy.
+    """
+    return {
+        name: tensor.detach().to(torch.float64) if tensor.is_floating_point() else tensor.detach()
+        for name, tensor in _named_tensors(module)
+    }
+
+
+def _named_tensors(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Every parameter and buffer under every name it has (tied ones once per name)."""
+    named = list(module.named_parameters(remove_duplicate=False))
+    return named + list(module.named_buffers(remove_duplicate=False))
 
 
 def random_inputs(example_inputs: Any, seed: int, dtype=torch.float64) -> tuple:

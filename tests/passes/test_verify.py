@@ -9,7 +9,7 @@ import torch.nn as nn
 
 import slimfx
 from slimfx.models import VGG
-from slimfx.passes.verify import masked_state, random_inputs
+from slimfx.passes.verify import float64_state, masked_state, random_inputs
 from slimfx.testing import randomize_batchnorm
 
 X = torch.randn(2, 3, 32, 32)
@@ -70,6 +70,19 @@ def test_equal_modules_verify_and_a_perturbed_one_does_not(pruned):
         slimfx.verify(exact, reference, X)
     assert info.value.relative_error > 1e-9
     assert slimfx.verify(exact, reference, X, tolerance=1.0) == info.value.relative_error
+
+
+def test_a_float64_module_is_run_on_its_own_tensors_and_left_unchanged(pruned):
+    model, cg, plan = pruned
+    exact = slimfx.rewrite(cg, plan, dtype=torch.float64).train()
+    before = {k: v.clone() for k, v in exact.state_dict().items()}
+    state = float64_state(exact)  # no copies: read-only
+    for key, value in exact.state_dict().items():
+        assert state[key].data_ptr() == value.data_ptr(), key
+    slimfx.verify(exact, slimfx.masked_reference(model, cg, plan), X)
+    assert exact.training  # run in eval mode: BatchNorm statistics untouched
+    for key, value in exact.state_dict().items():
+        assert torch.equal(value, before[key]), key
 
 
 def test_nan_outputs_never_verify():

@@ -96,19 +96,22 @@ def fold_weights(
     for the bias): only those weights are read.
     """
     dtype = dtype or weight.dtype
-    source = weight.detach().to(dtype)
+    source = weight.detach()
     # a kernel-shaped weight's kept rows are copied once and both column sets taken from
-    # them; a 2-d weight's are taken from the source in one gather each (see gather)
+    # them; a 2-d weight's are taken from the source in one gather each (see gather). Only
+    # what is gathered is converted to ``dtype``: a gather rounds nothing, and a float64
+    # rebuild of a float32 model then converts the kept part of a large layer, not all of it
     flat = source.dim() == 2
     kept_rows = source if flat or rows is None else gather(source, rows)
     rows_left = rows if flat else None
-    new_weight = gather(kept_rows, rows_left, fold.kept)
+    new_weight = gather(kept_rows, rows_left, fold.kept).to(dtype)
     new_weight = new_weight.contiguous(memory_format=_memory_format(weight))
     new_bias = None if bias is None else gather(bias, rows).to(dtype)
     if not fold.active:
         return new_weight, new_bias
     scales = _fold_scales(fold, dtype)
-    pruned = gather(kept_rows, rows_left, fold.contrib)  # (kept out, contributions, *kernel)
+    # (kept out, contributions, *kernel)
+    pruned = gather(kept_rows, rows_left, fold.contrib).to(dtype)
     kernel = math.prod(weight.shape[2:])
     sums = torch.matmul(scales, pruned.reshape(pruned.shape[0], pruned.shape[1], kernel))
     for k, column in enumerate(fold.carrier_columns.tolist()):
@@ -171,16 +174,16 @@ def slice_grouped(conv: nn.Module, node, ctx: RewriteContext) -> nn.Module:
     size_in, size_out = conv.in_channels // groups, conv.out_channels // groups
     cols = fold.kept if fold.kept is not None else np.arange(conv.in_channels)
     dtype = ctx.dtype or conv.weight.dtype
-    source = conv.weight.detach().to(dtype)
+    source = conv.weight.detach()
     weights, extra = [], torch.zeros(len(rows), dtype=dtype)
     contrib_block = fold.contrib // size_in
     for b in range(groups):
         rows_b = rows[(rows >= b * size_out) & (rows < (b + 1) * size_out)]
         cols_b = cols[(cols >= b * size_in) & (cols < (b + 1) * size_in)] - b * size_in
-        weights.append(gather(source, rows_b, cols_b))
+        weights.append(gather(source, rows_b, cols_b).to(dtype))
         mine = np.flatnonzero(contrib_block == b)
         if len(mine):
-            block = gather(source, rows_b, fold.contrib[mine] - b * size_in)
+            block = gather(source, rows_b, fold.contrib[mine] - b * size_in).to(dtype)
             block = block.reshape(block.shape[0], block.shape[1], -1).sum(2)
             start = int(np.searchsorted(rows, b * size_out))
             extra[start : start + len(rows_b)] += block @ torch.as_tensor(
