@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import importlib.metadata
 import json
 import os
 import shutil
@@ -489,9 +490,11 @@ def pip_install_command(python: Path, *args: str) -> list[str]:
         ``--python`` (22.3 and later); otherwise ``PYTHON -m pip install ARGS``, which runs
         the same pip (visible through the view) inside the target environment.
     """
-    import pip
-
-    version = tuple(int(part) for part in pip.__version__.split(".")[:2] if part.isdigit())
+    # read from the metadata: importing pip would make setuptools' distutils shim step
+    # aside for the rest of this process (it does so under pip), and inductor's later
+    # ``import setuptools`` would fail
+    pip_version = importlib.metadata.version("pip")
+    version = tuple(int(part) for part in pip_version.split(".")[:2] if part.isdigit())
     if version >= (22, 3):
         return [sys.executable, "-m", "pip", "--python", str(python), "install", *args]
     return [str(python), "-m", "pip", "install", *args]
