@@ -47,6 +47,24 @@ settings.register_profile(
 settings.register_profile("thorough", settings.get_profile("slimfx"), max_examples=1000)
 settings.load_profile("slimfx")
 
+
+def pytest_configure(config):
+    """In a worker of ``pytest -n N`` (the default, see setup.cfg) PyTorch gets the worker's
+    share of the CPU cores as threads: N processes each of the machine's thread count would
+    contend for every core."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(workers)))
+
+
+def pytest_collection_modifyitems(config, items):
+    """In workers, the tests marked ``slow`` come first: each starts at once beside the
+    rest, instead of one running alone at the end (workers steal pending tests from each
+    other, so the rest spreads over the workers that are free)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 TESTS = Path(__file__).resolve().parent
 #: Test folders whose tests run single-threaded with ``torch.manual_seed(0)``.
 GRAPH_TEST_FOLDERS = {"ir", "rules", "passes", "api"}
