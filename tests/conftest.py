@@ -54,7 +54,8 @@ def pytest_configure(config):
     contend for every core."""
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if workers:
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(workers)))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        torch.set_num_threads(max(1, (cores or 1) // int(workers)))
 
 
 def pytest_collection_modifyitems(config, items):
